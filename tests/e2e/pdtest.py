@@ -1,0 +1,103 @@
+"""Helpers for the end-to-end tests: paths from the environment, a real patchd on a free
+loopback port, a small HTTP client, and plain assertions that print both values."""
+import http.client
+import json
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+import time
+
+PATCHD = os.environ["PD_PATCHD"]
+PATCHCTL = os.environ["PD_PATCHCTL"]
+MODEL = os.environ["PD_MODEL"]
+SHARED = os.environ.get("PD_SHARED", "")
+TESTDATA = os.environ["PD_TESTDATA"]
+
+failures = 0
+passes = 0
+
+
+def check(cond, what, *detail):
+    global failures, passes
+    if cond:
+        passes += 1
+        return True
+    failures += 1
+    print("FAIL:", what, *detail, file=sys.stderr)
+    return False
+
+
+def eq(got, want, what):
+    return check(got == want, what, f"got {got!r}, want {want!r}")
+
+
+def finish():
+    print(f"{os.path.basename(sys.argv[0])}: {passes} passed, {failures} failed")
+    sys.exit(1 if failures else 0)
+
+
+def need_model():
+    if not os.path.exists(MODEL):
+        print(f"backbone {MODEL} is missing: run models/fetch-backbone.sh", file=sys.stderr)
+        sys.exit(1)
+
+
+def run(args, **kw):
+    return subprocess.run(args, capture_output=True, text=True, timeout=300, **kw)
+
+
+class Server:
+    """A patchd on 127.0.0.1:0; the port is read from its start-up line."""
+
+    def __init__(self, *args, expect_fail=False):
+        self.proc = subprocess.Popen(
+            [PATCHD, "--listen", "127.0.0.1:0", "--model", MODEL, *args],
+            stderr=subprocess.PIPE, text=True)
+        self.port = None
+        self.log = []
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            r, _, _ = select.select([self.proc.stderr], [], [], 0.5)
+            if r:
+                line = self.proc.stderr.readline()
+                if not line:
+                    break
+                self.log.append(line)
+                m = re.search(r"listening on .* \(port (\d+)\)", line)
+                if m:
+                    self.port = int(m.group(1))
+                    return
+            if self.proc.poll() is not None:
+                break
+        if not expect_fail:
+            raise RuntimeError("patchd did not start: " + "".join(self.log))
+
+    def request(self, method, path, body=None, headers=None):
+        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        c.request(method, path, body=body, headers=headers or {})
+        r = c.getresponse()
+        data = r.read()
+        c.close()
+        return r.status, dict(r.getheaders()), data
+
+    def json(self, method, path, body=None, headers=None):
+        status, hdrs, data = self.request(method, path, body, headers)
+        try:
+            return status, json.loads(data)
+        except ValueError:
+            return status, {"_raw": data.decode("latin-1")}
+
+    def stop(self, sig=signal.SIGTERM):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        rest = self.proc.stderr.read()
+        self.log.append(rest)
+        return self.proc.returncode
