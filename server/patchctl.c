@@ -6,6 +6,9 @@
 #include "../core/pd.h"
 #include "../core/st.h"
 #include "../core/tfjs.h"
+#include "../core/image.h"
+#include "../core/net.h"
+#include "../core/ssd.h"
 
 #include <jansson.h>
 #include <stdio.h>
@@ -22,7 +25,11 @@ static const char usage[] =
     "      convert a TensorFlow.js weights manifest (and its .bin files) to safetensors\n"
     "  inspect FILE\n"
     "      print a safetensors file's tensors, parameter count, bytes and metadata as JSON\n"
-    "  --version, --help\n";
+    "  detect [--model FILE] [--min-score S] IMAGE...\n"
+    "      detect faces; one JSON line per image, boxes [x, y, w, h] in image pixels\n"
+    "  --version, --help\n"
+    "\n"
+    "--model defaults to $PATCHD_MODEL, then models/ssd_mobilenet_v1.safetensors.\n";
 
 static int die_usage(const char *fmt, const char *arg)
 {
@@ -97,6 +104,114 @@ static int cmd_inspect(int argc, char **argv)
     return 0;
 }
 
+static const char *default_model(void)
+{
+    const char *m = getenv("PATCHD_MODEL");
+    return m && *m ? m : "models/ssd_mobilenet_v1.safetensors";
+}
+
+static int load_model(const char *path, pd_model **m)
+{
+    char msg[PD_MSG_MAX];
+    if (pd_model_load(path, m, msg)) {
+        fprintf(stderr, "patchctl: cannot load the backbone: %s\n", msg);
+        return 1;
+    }
+    return 0;
+}
+
+/* Reads and decodes one image file; prints the error and returns non-zero on failure. */
+static int read_image(const char *path, struct pd_image *img)
+{
+    char msg[PD_MSG_MAX];
+    uint8_t *buf;
+    size_t len;
+    int err = pd_read_file(path, (size_t)256 << 20, &buf, &len, msg);
+    if (!err) {
+        err = pd_image_decode_jpeg(buf, len, PD_IMAGE_MAX_PIXELS, img, msg);
+        free(buf);
+    }
+    if (err)
+        fprintf(stderr, "patchctl: %s: %s\n", path, msg);
+    return err;
+}
+
+static int parse_float(const char *s, double lo, double hi, double *out)
+{
+    char *end;
+    double v = strtod(s, &end);
+    if (!*s || *end || !(v >= lo && v <= hi))
+        return -1;
+    *out = v;
+    return 0;
+}
+
+static int cmd_detect(int argc, char **argv)
+{
+    const char *model = default_model();
+    double min_score = PD_SSD_MIN_SCORE;
+    int first = argc;
+    for (int i = 0; i < argc; i++) {
+        if (!strcmp(argv[i], "--model") && i + 1 < argc) {
+            model = argv[++i];
+        } else if (!strcmp(argv[i], "--min-score") && i + 1 < argc) {
+            if (parse_float(argv[++i], 0.0, 1.0, &min_score))
+                return die_usage("detect: --min-score '%s' is not a number in [0, 1]", argv[i]);
+        } else if (argv[i][0] == '-' && argv[i][1]) {
+            return die_usage("detect: unknown option '%s'", argv[i]);
+        } else {
+            first = i;
+            break;
+        }
+    }
+    if (first == argc)
+        return die_usage("detect: %s", "expects at least one IMAGE");
+    pd_model *m;
+    if (load_model(model, &m))
+        return 1;
+    pd_net *net;
+    char msg[PD_MSG_MAX];
+    if (pd_net_new(m, 1, PD_FACES_SIZE, &net, msg)) {
+        fprintf(stderr, "patchctl: %s\n", msg);
+        pd_model_free(m);
+        return 1;
+    }
+    float *in = pd_alloc_floats((size_t)PD_FACES_SIZE * PD_FACES_SIZE * 3);
+    float *scores = pd_alloc_floats(PD_ANCHORS), *boxes = pd_alloc_floats(PD_ANCHORS * 4);
+    struct pd_detection dets[PD_SSD_MAX_OUT];
+    int rc = 0;
+    for (int i = first; i < argc; i++) {
+        struct pd_image img;
+        if (read_image(argv[i], &img)) {
+            rc = 1;
+            continue;
+        }
+        struct pd_crop crop = pd_crop_pad(&img);
+        pd_image_to_input(&img, &crop, PD_FACES_SIZE, in);
+        pd_net_detect(net, in, NULL, scores, boxes);
+        int nd = pd_ssd_select(scores, boxes, PD_ANCHORS, min_score, PD_SSD_IOU, PD_SSD_MAX_OUT,
+                               img.w, img.h, PD_FACES_SIZE, dets);
+        json_t *arr = json_array();
+        for (int k = 0; k < nd; k++)
+            json_array_append_new(arr, json_pack("{s:[f,f,f,f], s:f}", "box", dets[k].box[0],
+                                                 dets[k].box[1], dets[k].box[2], dets[k].box[3],
+                                                 "score", dets[k].score));
+        json_t *o = json_pack("{s:s, s:i, s:i, s:o}", "image", argv[i], "width", img.w, "height",
+                              img.h, "detections", arr);
+        char *s = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(7));
+        puts(s);
+        free(s);
+        json_decref(o);
+        pd_image_fini(&img);
+    }
+    free(in);
+    free(scores);
+    free(boxes);
+    pd_net_free(net);
+    pd_model_free(m);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2)
@@ -114,5 +229,7 @@ int main(int argc, char **argv)
         return cmd_convert(argc - 2, argv + 2);
     if (!strcmp(cmd, "inspect"))
         return cmd_inspect(argc - 2, argv + 2);
+    if (!strcmp(cmd, "detect"))
+        return cmd_detect(argc - 2, argv + 2);
     return die_usage("unknown command '%s'", cmd);
 }

@@ -1,0 +1,67 @@
+/*
+ * ops.h - the layers of the network as plain functions on NHWC float32 buffers.
+ *
+ * Layout: every activation is (N, H, W, C), C fastest. Convolution weights keep TensorFlow's
+ * order: a full convolution is (K, K, Cin, Cout), a depthwise one (3, 3, C), a pointwise one
+ * (Cin, Cout) - so the first two are GEMM-ready after im2col and the last is GEMM-ready as is.
+ *
+ * Padding is TensorFlow's 'SAME': the output is ceil(in / stride) and, when the total padding
+ * is odd, the extra row and column go at the bottom and right (pd_same_pad gives the top/left).
+ *
+ * Every op computes y = act(scale[c] * conv(x)[c] + bias[c]) with a per-sample scale and bias
+ * (arrays of n pointers): this is the patch hook. A batch may mix tasks, so one GEMM serves
+ * every sample of a pointwise layer while scales, biases and depthwise kernels stay per sample.
+ *
+ * Threads: the functions are reentrant; they write only y and the caller's scratch.
+ */
+#ifndef PD_OPS_H
+#define PD_OPS_H
+
+#include "pd.h"
+
+enum pd_act {
+    PD_ACT_NONE,
+    PD_ACT_RELU6,
+};
+
+/* Output size of a 'SAME' convolution. */
+static inline int pd_same_out(int in, int stride)
+{
+    return (in + stride - 1) / stride;
+}
+
+/* Top (or left) padding of a 'SAME' convolution; the bottom gets the rest. */
+static inline int pd_same_pad(int in, int k, int stride)
+{
+    int total = (pd_same_out(in, stride) - 1) * stride + k - in;
+    return total > 0 ? total / 2 : 0;
+}
+
+/*
+ * The single GEMM entry point: C (M, N) = A (M, K) * B (K, N), row-major, C overwritten.
+ * Wraps cblas_sgemm so that every matrix product of the network goes through one place.
+ */
+void pd_gemm(int m, int n, int k, const float *a, const float *b, float *c);
+
+/* y[i] = act(scale[c] * y[i] + bias[c]) over rows of c channels, for one sample. */
+void pd_scale_bias_act(float *y, size_t rows, int c, const float *scale, const float *bias,
+                       enum pd_act act);
+
+/*
+ * Full KxK convolution, stride s: x (n, h, w, cin) -> y (n, oh, ow, cout).
+ * col is scratch of pd_conv_col_floats() floats (unused when k == 1 and s == 1).
+ */
+size_t pd_conv_col_floats(int n, int h, int w, int cin, int k, int s);
+void pd_op_conv(const float *x, int n, int h, int w, int cin, const float *wt, int k, int s,
+                int cout, const float *const *scale, const float *const *bias, enum pd_act act,
+                float *y, float *col);
+
+/* Depthwise 3x3, stride s, per-sample kernels wt[i] (3, 3, c): x (n, h, w, c) -> y. */
+void pd_op_dw(const float *x, int n, int h, int w, int c, const float *const *wt, int s,
+              const float *const *scale, const float *const *bias, enum pd_act act, float *y);
+
+/* Pointwise 1x1: x (n, h, w, cin) -> y (n, h, w, cout), one GEMM for the whole batch. */
+void pd_op_pw(const float *x, int n, int h, int w, int cin, const float *wt, int cout,
+              const float *const *scale, const float *const *bias, enum pd_act act, float *y);
+
+#endif
