@@ -10,6 +10,7 @@
 #include "../core/net.h"
 #include "../core/ssd.h"
 
+#include <cblas.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,6 +28,8 @@ static const char usage[] =
     "      print a safetensors file's tensors, parameter count, bytes and metadata as JSON\n"
     "  detect [--model FILE] [--min-score S] IMAGE...\n"
     "      detect faces; one JSON line per image, boxes [x, y, w, h] in image pixels\n"
+    "  bench --task classify|faces [--size S] [--threads T] [--batch B] [--iters N]\n"
+    "      time the in-process forward pass after warm-up; one JSON line\n"
     "  --version, --help\n"
     "\n"
     "--model defaults to $PATCHD_MODEL, then models/ssd_mobilenet_v1.safetensors.\n";
@@ -212,6 +215,104 @@ static int cmd_detect(int argc, char **argv)
     return rc;
 }
 
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static int parse_int(const char *s, long lo, long hi, int *out)
+{
+    char *end;
+    long v = strtol(s, &end, 10);
+    if (!*s || *end || v < lo || v > hi)
+        return -1;
+    *out = (int)v;
+    return 0;
+}
+
+static int cmd_bench(int argc, char **argv)
+{
+    const char *model = default_model(), *task = "classify";
+    int size = 0, threads = 1, batch = 1, iters = 20;
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        int bad = 0;
+        if (!v)
+            return die_usage("bench: option '%s' needs a value", a);
+        if (!strcmp(a, "--task"))
+            task = v;
+        else if (!strcmp(a, "--model"))
+            model = v;
+        else if (!strcmp(a, "--size"))
+            bad = parse_int(v, 32, 1024, &size);
+        else if (!strcmp(a, "--threads"))
+            bad = parse_int(v, 1, 256, &threads);
+        else if (!strcmp(a, "--batch"))
+            bad = parse_int(v, 1, 256, &batch);
+        else if (!strcmp(a, "--iters"))
+            bad = parse_int(v, 1, 100000, &iters);
+        else
+            return die_usage("bench: unknown option '%s'", a);
+        if (bad)
+            return die_usage("bench: bad value for %s", a);
+        i++;
+    }
+    int faces = !strcmp(task, "faces");
+    if (!faces && strcmp(task, "classify"))
+        return die_usage("bench: --task '%s' is not classify or faces", task);
+    if (faces && (batch != 1 || (size && size != PD_FACES_SIZE)))
+        return die_usage("bench: %s", "faces runs at batch 1, size 512");
+    if (!size)
+        size = faces ? PD_FACES_SIZE : 224;
+    openblas_set_num_threads(threads);
+    pd_model *m;
+    if (load_model(model, &m))
+        return 1;
+    pd_net *net;
+    char msg[PD_MSG_MAX];
+    if (pd_net_new(m, batch, size, &net, msg)) {
+        fprintf(stderr, "patchctl: %s\n", msg);
+        pd_model_free(m);
+        return 1;
+    }
+    /* a deterministic input and a 5-class head */
+    float *in = pd_alloc_floats((size_t)batch * size * size * 3);
+    for (size_t i = 0; i < (size_t)batch * size * size * 3; i++)
+        in[i] = (float)((i * 2654435761u) % 255) / 127.5f - 1.0f;
+    float *hw = pd_alloc_floats(PD_FEATURES * 5), *hb = pd_alloc_floats(5);
+    for (int i = 0; i < PD_FEATURES * 5; i++)
+        hw[i] = (float)((i % 7) - 3) * 0.01f;
+    struct pd_task t = {.size = size, .nclass = 5, .head_w = hw, .head_b = hb};
+    const struct pd_task **tasks = calloc((size_t)batch, sizeof(*tasks));
+    float **probs = calloc((size_t)batch, sizeof(*probs));
+    float *pbuf = pd_alloc_floats((size_t)batch * 5);
+    for (int i = 0; i < batch; i++)
+        tasks[i] = &t, probs[i] = pbuf + 5 * i;
+    float *scores = pd_alloc_floats(PD_ANCHORS), *boxes = pd_alloc_floats(4 * PD_ANCHORS);
+    double *ms = calloc((size_t)iters, sizeof(double));
+    for (int it = -3; it < iters; it++) { /* 3 warm-up runs */
+        double t0 = pd_now();
+        if (faces)
+            pd_net_detect(net, in, NULL, scores, boxes);
+        else
+            pd_net_classify(net, batch, size, in, tasks, probs, NULL);
+        if (it >= 0)
+            ms[it] = (pd_now() - t0) * 1e3;
+    }
+    qsort(ms, (size_t)iters, sizeof(double), cmp_double);
+    double med = iters % 2 ? ms[iters / 2] : (ms[iters / 2 - 1] + ms[iters / 2]) / 2;
+    double p90 = ms[(int)(0.9 * (iters - 1) + 0.5)];
+    printf("{\"task\":\"%s\",\"size\":%d,\"threads\":%d,\"batch\":%d,\"iters\":%d,"
+           "\"ms_median\":%.3f,\"ms_p90\":%.3f,\"images_per_s\":%.2f}\n",
+           task, size, threads, batch, iters, med, p90, batch * 1e3 / med);
+    free(ms), free(scores), free(boxes), free(pbuf), free(probs), free(tasks), free(hw), free(hb);
+    free(in);
+    pd_net_free(net);
+    pd_model_free(m);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2)
@@ -229,6 +330,8 @@ int main(int argc, char **argv)
         return cmd_convert(argc - 2, argv + 2);
     if (!strcmp(cmd, "inspect"))
         return cmd_inspect(argc - 2, argv + 2);
+    if (!strcmp(cmd, "bench"))
+        return cmd_bench(argc - 2, argv + 2);
     if (!strcmp(cmd, "detect"))
         return cmd_detect(argc - 2, argv + 2);
     return die_usage("unknown command '%s'", cmd);
