@@ -9,6 +9,7 @@
 #include "../core/image.h"
 #include "../core/net.h"
 #include "../core/ssd.h"
+#include "../patches/patch.h"
 
 #include <cblas.h>
 #include <jansson.h>
@@ -24,8 +25,13 @@ static const char usage[] =
     "commands:\n"
     "  convert --tfjs MANIFEST.json --out FILE [--source NAME]\n"
     "      convert a TensorFlow.js weights manifest (and its .bin files) to safetensors\n"
-    "  inspect FILE\n"
-    "      print a safetensors file's tensors, parameter count, bytes and metadata as JSON\n"
+    "  inspect [--model FILE] FILE\n"
+    "      print a safetensors file's tensors, parameter count, bytes and metadata as JSON;\n"
+    "      for a patch also its kind, labels, parts and whether it fits the backbone\n"
+    "  patch new --labels A,B,... [--size S] [--seed N] --out FILE\n"
+    "      write an identity patch (the backbone's layers) with a freshly initialised head\n"
+    "  classify --patch FILE [--model FILE] [--top-k K] IMAGE...\n"
+    "      classify images with a patch; one JSON line per image\n"
     "  detect [--model FILE] [--min-score S] IMAGE...\n"
     "      detect faces; one JSON line per image, boxes [x, y, w, h] in image pixels\n"
     "  bench --task classify|faces [--size S] [--threads T] [--batch B] [--iters N]\n"
@@ -66,8 +72,52 @@ static int cmd_convert(int argc, char **argv)
     return 0;
 }
 
+static const char *default_model(void);
+
+/* The "patch" section of inspect: validity against the backbone, kind, labels, parts. */
+static json_t *inspect_patch(const char *path, const char *model_path)
+{
+    json_t *o = json_object();
+    char msg[PD_MSG_MAX];
+    pd_model *m = NULL;
+    if (pd_model_load(model_path, &m, msg)) {
+        json_object_set_new(o, "backbone_match", json_null());
+        json_object_set_new(o, "error", json_string(msg));
+        return o;
+    }
+    pd_patch *p;
+    int err = pd_patch_load(m, path, &p, msg);
+    json_object_set_new(o, "valid", json_boolean(!err));
+    json_object_set_new(o, "backbone_match", json_boolean(err != PD_MISMATCH));
+    if (err) {
+        json_object_set_new(o, "error", json_string(msg));
+    } else {
+        const struct pd_patch_spec *sp = pd_patch_spec(p);
+        char parts[48];
+        pd_patch_parts_str(pd_patch_parts(p), parts, sizeof(parts));
+        json_t *labels = json_array();
+        for (int i = 0; i < sp->nclass; i++)
+            json_array_append_new(labels, json_string(sp->labels[i]));
+        json_object_set_new(o, "kind", json_string(pd_patch_kind_name(sp->kind)));
+        json_object_set_new(o, "labels", labels);
+        json_object_set_new(o, "input_size", json_integer(sp->size));
+        json_object_set_new(o, "parts", json_string(parts));
+        json_object_set_new(o, "trainable_parameters", json_integer(pd_patch_params(p)));
+        json_object_set_new(o, "memory_bytes", json_integer((json_int_t)pd_patch_bytes(p)));
+        pd_patch_unref(p);
+    }
+    pd_model_free(m);
+    return o;
+}
+
 static int cmd_inspect(int argc, char **argv)
 {
+    const char *model = default_model();
+    if (argc == 3 && !strcmp(argv[0], "--model")) {
+        model = argv[1];
+        argv += 2;
+        argc -= 2;
+    }
     if (argc != 1)
         return die_usage("inspect: %s", "expects exactly one FILE");
     char msg[PD_MSG_MAX];
@@ -99,6 +149,9 @@ static int cmd_inspect(int argc, char **argv)
     json_object_set_new(root, "parameters", json_integer(params));
     json_object_set_new(root, "bytes", json_integer((json_int_t)len));
     json_object_set_new(root, "metadata", meta);
+    const char *fmt = pd_st_meta(st, "format");
+    if (fmt && !strcmp(fmt, PD_PATCH_FORMAT))
+        json_object_set_new(root, "patch", inspect_patch(argv[0], model));
     char *s = json_dumps(root, JSON_COMPACT);
     puts(s);
     free(s);
@@ -146,6 +199,16 @@ static int parse_float(const char *s, double lo, double hi, double *out)
     if (!*s || *end || !(v >= lo && v <= hi))
         return -1;
     *out = v;
+    return 0;
+}
+
+static int parse_int(const char *s, long lo, long hi, int *out)
+{
+    char *end;
+    long v = strtol(s, &end, 10);
+    if (!*s || *end || v < lo || v > hi)
+        return -1;
+    *out = (int)v;
     return 0;
 }
 
@@ -215,20 +278,179 @@ static int cmd_detect(int argc, char **argv)
     return rc;
 }
 
+/* Splits "a,b,c" into a new array of n strings (one allocation; free the array). */
+static char **split_labels(const char *s, int *n)
+{
+    size_t len = strlen(s);
+    int count = 1;
+    for (size_t i = 0; i < len; i++)
+        count += s[i] == ',';
+    char **v = malloc(sizeof(char *) * (size_t)count + len + 1);
+    if (!v)
+        return NULL;
+    char *copy = (char *)(v + count);
+    memcpy(copy, s, len + 1);
+    int k = 0;
+    char *t;
+    while ((t = strsep(&copy, ",")) != NULL)
+        v[k++] = t;
+    *n = k;
+    return v;
+}
+
+static int cmd_patch(int argc, char **argv)
+{
+    if (argc < 1 || strcmp(argv[0], "new"))
+        return die_usage("patch: %s", "expects 'new'");
+    const char *labels = NULL, *out = NULL, *model = default_model();
+    int size = 224, seed = 1;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!v)
+            return die_usage("patch new: option '%s' needs a value", a);
+        if (!strcmp(a, "--labels"))
+            labels = v;
+        else if (!strcmp(a, "--out"))
+            out = v;
+        else if (!strcmp(a, "--model"))
+            model = v;
+        else if (!strcmp(a, "--size")) {
+            if (parse_int(v, 32, 1024, &size))
+                return die_usage("patch new: --size '%s' is not 32..1024", v);
+        } else if (!strcmp(a, "--seed")) {
+            if (parse_int(v, 0, 2147483647, &seed))
+                return die_usage("patch new: --seed '%s' is not a non-negative integer", v);
+        } else
+            return die_usage("patch new: unknown option '%s'", a);
+        i++;
+    }
+    if (!labels || !out)
+        return die_usage("patch new: %s", "--labels and --out are required");
+    int n;
+    char **lv = split_labels(labels, &n);
+    pd_model *m;
+    if (!lv || load_model(model, &m)) {
+        free(lv);
+        return 1;
+    }
+    char msg[PD_MSG_MAX];
+    pd_patch *p;
+    uint8_t *buf = NULL;
+    size_t len;
+    int err = pd_patch_new_identity(m, (const char *const *)lv, n, size, (uint64_t)seed, &p, msg);
+    if (!err) {
+        err = pd_patch_serialize(p, &buf, &len, msg);
+        pd_patch_unref(p);
+    }
+    if (!err) {
+        struct pd_iovec part = {buf, len};
+        err = pd_write_atomic(out, &part, 1, msg);
+    }
+    free(buf);
+    free(lv);
+    pd_model_free(m);
+    if (err) {
+        fprintf(stderr, "patchctl: patch new: %s\n", msg);
+        return 1;
+    }
+    return 0;
+}
+
+static int by_prob(const void *a, const void *b)
+{
+    const float *x = *(const float *const *)a, *y = *(const float *const *)b;
+    return *x < *y ? 1 : *x > *y ? -1 : (x > y) - (x < y);
+}
+
+static int cmd_classify(int argc, char **argv)
+{
+    const char *model = default_model(), *patch = NULL;
+    int top_k = 5, first = argc;
+    for (int i = 0; i < argc; i++) {
+        if (!strcmp(argv[i], "--model") && i + 1 < argc) {
+            model = argv[++i];
+        } else if (!strcmp(argv[i], "--patch") && i + 1 < argc) {
+            patch = argv[++i];
+        } else if (!strcmp(argv[i], "--top-k") && i + 1 < argc) {
+            if (parse_int(argv[++i], 1, PD_PATCH_MAX_LABELS, &top_k))
+                return die_usage("classify: --top-k '%s' is not a positive integer", argv[i]);
+        } else if (argv[i][0] == '-' && argv[i][1]) {
+            return die_usage("classify: unknown option '%s'", argv[i]);
+        } else {
+            first = i;
+            break;
+        }
+    }
+    if (!patch || first == argc)
+        return die_usage("classify: %s", "needs --patch FILE and at least one IMAGE");
+    pd_model *m;
+    if (load_model(model, &m))
+        return 1;
+    char msg[PD_MSG_MAX];
+    pd_patch *p;
+    if (pd_patch_load(m, patch, &p, msg)) {
+        fprintf(stderr, "patchctl: %s: %s\n", patch, msg);
+        pd_model_free(m);
+        return 1;
+    }
+    const struct pd_task *task = pd_patch_task(p);
+    if (pd_patch_kind(p) != PD_PATCH_CLASSIFY) {
+        fprintf(stderr, "patchctl: %s: not a classification patch\n", patch);
+        pd_patch_unref(p);
+        pd_model_free(m);
+        return 1;
+    }
+    pd_net *net;
+    if (pd_net_new(m, 1, task->size, &net, msg)) {
+        fprintf(stderr, "patchctl: %s\n", msg);
+        pd_patch_unref(p);
+        pd_model_free(m);
+        return 1;
+    }
+    const int k = task->nclass, size = task->size;
+    float *in = pd_alloc_floats((size_t)size * size * 3), *probs = pd_alloc_floats((size_t)k);
+    const float **order = malloc(sizeof(float *) * (size_t)k);
+    int rc = 0;
+    for (int i = first; i < argc; i++) {
+        struct pd_image img;
+        if (read_image(argv[i], &img)) {
+            rc = 1;
+            continue;
+        }
+        struct pd_crop crop = pd_crop_full(&img);
+        pd_image_to_input(&img, &crop, size, in);
+        const struct pd_task *tasks[1] = {task};
+        float *pp[1] = {probs};
+        pd_net_classify(net, 1, size, in, tasks, pp, NULL);
+        for (int c = 0; c < k; c++)
+            order[c] = probs + c;
+        qsort(order, (size_t)k, sizeof(*order), by_prob);
+        json_t *preds = json_array();
+        for (int c = 0; c < k && c < top_k; c++)
+            json_array_append_new(preds, json_pack("{s:s, s:f}", "label",
+                                                   pd_patch_spec(p)->labels[order[c] - probs],
+                                                   "score", (double)*order[c]));
+        json_t *o = json_pack("{s:s, s:i, s:i, s:o}", "image", argv[i], "width", img.w, "height",
+                              img.h, "predictions", preds);
+        char *js = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(7));
+        puts(js);
+        free(js);
+        json_decref(o);
+        pd_image_fini(&img);
+    }
+    free(order);
+    free(in);
+    free(probs);
+    pd_net_free(net);
+    pd_patch_unref(p);
+    pd_model_free(m);
+    return rc;
+}
+
 static int cmp_double(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
     return x < y ? -1 : x > y;
-}
-
-static int parse_int(const char *s, long lo, long hi, int *out)
-{
-    char *end;
-    long v = strtol(s, &end, 10);
-    if (!*s || *end || v < lo || v > hi)
-        return -1;
-    *out = (int)v;
-    return 0;
 }
 
 static int cmd_bench(int argc, char **argv)
@@ -330,6 +552,10 @@ int main(int argc, char **argv)
         return cmd_convert(argc - 2, argv + 2);
     if (!strcmp(cmd, "inspect"))
         return cmd_inspect(argc - 2, argv + 2);
+    if (!strcmp(cmd, "patch"))
+        return cmd_patch(argc - 2, argv + 2);
+    if (!strcmp(cmd, "classify"))
+        return cmd_classify(argc - 2, argv + 2);
     if (!strcmp(cmd, "bench"))
         return cmd_bench(argc - 2, argv + 2);
     if (!strcmp(cmd, "detect"))

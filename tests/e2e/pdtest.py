@@ -30,8 +30,8 @@ def check(cond, what, *detail):
     return False
 
 
-def eq(got, want, what):
-    return check(got == want, what, f"got {got!r}, want {want!r}")
+def eq(got, want, what, *detail):
+    return check(got == want, what, f"got {got!r}, want {want!r}", *detail)
 
 
 def finish():

@@ -62,6 +62,53 @@ with tempfile.TemporaryDirectory() as d:
                 r.stderr)
     r = t.run([t.PATCHCTL, "inspect", os.path.join(d, "absent")])
     t.eq(r.returncode, 1, "inspect missing file")
+# detect: one JSON line per image, matching the reference detections
+ref = json.load(open(os.path.join(t.TESTDATA, "faces", "sample1.json")))
+jpg = os.path.join(t.TESTDATA, "faces", "sample1.jpg")
+r = t.run([t.PATCHCTL, "detect", "--model", t.MODEL, jpg, jpg])
+t.eq(r.returncode, 0, "detect exit status")
+lines = r.stdout.strip().split("\n")
+t.eq(len(lines), 2, "detect prints one line per image")
+d = json.loads(lines[0])
+t.eq((d["width"], d["height"]), (1920, 1280), "detect image size")
+t.eq(len(d["detections"]), len(ref["detections"]), "detect count")
+for got, want in zip(d["detections"], ref["detections"]):
+    t.check(abs(got["score"] - want["score"]) < 1e-3, "detect score", got, want)
+    t.check(all(abs(a - b) < 0.5 for a, b in zip(got["box"], want["box"])), "detect box", got, want)
+r = t.run([t.PATCHCTL, "detect", "--model", t.MODEL, "--min-score", "0.999", jpg])
+t.eq(json.loads(r.stdout)["detections"], [], "detect --min-score filters")
+r = t.run([t.PATCHCTL, "detect", "--model", t.MODEL, "--min-score", "2", jpg])
+t.eq(r.returncode, 2, "detect --min-score out of range")
+
+with tempfile.TemporaryDirectory() as d:
+    # a file that is not a JPEG: error on stderr, exit 1, other images still processed
+    txt = os.path.join(d, "x.jpg")
+    with open(txt, "w") as f:
+        f.write("hello")
+    r = t.run([t.PATCHCTL, "detect", "--model", t.MODEL, txt, jpg])
+    t.eq(r.returncode, 1, "detect with a bad image exits 1")
+    t.check("not a JPEG" in r.stderr, "detect names the problem", r.stderr)
+    t.eq(len(r.stdout.strip().split("\n")), 1, "the good image is still detected")
+    # patch new, inspect, classify
+    p = os.path.join(d, "p.safetensors")
+    r = t.run([t.PATCHCTL, "patch", "new", "--model", t.MODEL, "--labels", "ant,bee",
+               "--size", "160", "--out", p])
+    t.eq(r.returncode, 0, "patch new exit status", r.stderr)
+    r = t.run([t.PATCHCTL, "inspect", "--model", t.MODEL, p])
+    info = json.loads(r.stdout)["patch"]
+    t.eq((info["kind"], info["labels"], info["parts"], info["input_size"], info["backbone_match"]),
+         ("classification", ["ant", "bee"], "head", 160, True), "inspect understands patches")
+    t.eq(info["trainable_parameters"], 1025 * 2, "patch parameter count")
+    r = t.run([t.PATCHCTL, "classify", "--model", t.MODEL, "--patch", p, "--top-k", "1", jpg])
+    t.eq(r.returncode, 0, "classify exit status", r.stderr)
+    c = json.loads(r.stdout)
+    t.eq(len(c["predictions"]), 1, "classify --top-k 1")
+    t.check(c["predictions"][0]["label"] in ("ant", "bee") and 0.5 <= c["predictions"][0]["score"] <= 1,
+            "classify prediction", c)
+    r = t.run([t.PATCHCTL, "classify", "--model", t.MODEL, "--patch", t.MODEL, jpg])
+    t.eq(r.returncode, 1, "classify with a non-patch file")
+    t.check("format" in r.stderr, "classify names the problem", r.stderr)
+
 r = t.run([t.PATCHCTL, "frobnicate"])
 t.eq(r.returncode, 2, "unknown command is a usage error")
 r = t.run([t.PATCHCTL, "--version"])
