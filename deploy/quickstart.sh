@@ -4,7 +4,8 @@
 #   deploy/quickstart.sh run    set up (packages, build, backbone) if needed, then serve on
 #                               127.0.0.1:8080 (extra arguments go to patchd)
 #   deploy/quickstart.sh test   set up if needed, then run the test suite twice: in the normal
-#                               build (build/) and in an ASan+UBSan build (build-asan/)
+#                               build (build/) and in an ASan+UBSan build (build-asan/); then the
+#                               concurrency tests in a ThreadSanitizer build (build-tsan/)
 #
 # Both are idempotent: a second run only rebuilds what changed.
 set -euo pipefail
@@ -49,7 +50,14 @@ test)
   rc=0
   meson test -C build --suite unit --suite e2e --print-errorlogs || rc=1
   meson test -C build-asan --suite unit --suite e2e --print-errorlogs || rc=1
-  summary build/meson-logs/testlog.json build-asan/meson-logs/testlog.json
+  # the concurrency tests under ThreadSanitizer (OpenBLAS is not instrumented: one thread)
+  [ -f build-tsan/build.ninja ] || meson setup build-tsan -Db_sanitize=thread \
+    -Dbuildtype=debugoptimized -Db_lundef=false
+  ninja -C build-tsan tests/test_patches_store
+  OPENBLAS_NUM_THREADS=1 TSAN_OPTIONS=halt_on_error=1 \
+    meson test -C build-tsan --print-errorlogs --no-rebuild patches/store || rc=1
+  summary build/meson-logs/testlog.json build-asan/meson-logs/testlog.json \
+    build-tsan/meson-logs/testlog.json
   exit $rc
   ;;
 *)

@@ -507,6 +507,11 @@ int pd_store_read(pd_store *s, const char *tenant, const char *task, int version
     return err;
 }
 
+const char *pd__store_root(const pd_store *s)
+{
+    return s->root;
+}
+
 uint64_t pd_store_generation(pd_store *s)
 {
     pthread_mutex_lock(&s->mu);

@@ -76,6 +76,18 @@ void pd_store_path(const pd_store *s, const char *tenant, const char *task, int 
 int pd_store_read(pd_store *s, const char *tenant, const char *task, int version, uint8_t **buf,
                   size_t *len, char *msg);
 
+/*
+ * Watches the store from a libuv loop: a rescan every interval_ms (the fallback that also works
+ * on network filesystems, which deliver no events), and an earlier one shortly after inotify
+ * reports a change in the root or a tenant directory. Runs on the loop's thread; stop with
+ * pd_store_watch_stop on that thread before closing the loop. Returns a UV error or 0.
+ */
+struct uv_loop_s;
+typedef struct pd_store_watch pd_store_watch;
+int pd_store_watch_start(pd_store *s, struct uv_loop_s *loop, unsigned interval_ms,
+                         pd_store_watch **out);
+void pd_store_watch_stop(pd_store_watch *w);
+
 /* Incremented by every change the index sees (put, activate, remove, rescan that differs). */
 uint64_t pd_store_generation(pd_store *s);
 

@@ -9,7 +9,9 @@
 #include "../core/image.h"
 #include "../core/net.h"
 #include "../core/ssd.h"
+#include "../patches/cache.h"
 #include "../patches/patch.h"
+#include "../patches/store.h"
 
 #include <cblas.h>
 #include <jansson.h>
@@ -34,6 +36,12 @@ static const char usage[] =
     "      classify images with a patch; one JSON line per image\n"
     "  detect [--model FILE] [--min-score S] IMAGE...\n"
     "      detect faces; one JSON line per image, boxes [x, y, w, h] in image pixels\n"
+    "  store ls --store DIR [--tenant T] [TASK]\n"
+    "  store put --store DIR [--tenant T] TASK FILE\n"
+    "  store activate --store DIR [--tenant T] TASK VERSION\n"
+    "  store rm --store DIR [--tenant T] TASK\n"
+    "      manage a patch store offline (the tenant defaults to 'default', which patchd's\n"
+    "      no-auth mode serves); put validates the patch against the backbone first\n"
     "  bench --task classify|faces [--size S] [--threads T] [--batch B] [--iters N]\n"
     "      time the in-process forward pass after warm-up; one JSON line\n"
     "  --version, --help\n"
@@ -447,6 +455,118 @@ static int cmd_classify(int argc, char **argv)
     return rc;
 }
 
+/* JSON for one task of a store: active version and versions. */
+static json_t *store_task_json(pd_store *st, const char *tenant, const char *task)
+{
+    int active, vs[256];
+    int n = pd_store_lookup(st, tenant, task, &active, vs, 256);
+    json_t *arr = json_array();
+    for (int i = 0; i < n && i < 256; i++)
+        json_array_append_new(arr, json_integer(vs[i]));
+    return json_pack("{s:s, s:i, s:o}", "task", task, "active", active, "versions", arr);
+}
+
+static int cmd_store(int argc, char **argv)
+{
+    if (argc < 1)
+        return die_usage("store: %s", "expects ls, put, activate or rm");
+    const char *verb = argv[0], *dir = NULL, *tenant = "default", *model = default_model();
+    const char *pos[3];
+    int npos = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--store") && i + 1 < argc)
+            dir = argv[++i];
+        else if (!strcmp(argv[i], "--tenant") && i + 1 < argc)
+            tenant = argv[++i];
+        else if (!strcmp(argv[i], "--model") && i + 1 < argc)
+            model = argv[++i];
+        else if (argv[i][0] == '-' && argv[i][1])
+            return die_usage("store: unknown option '%s'", argv[i]);
+        else if (npos < 3)
+            pos[npos++] = argv[i];
+        else
+            return die_usage("store: unexpected argument '%s'", argv[i]);
+    }
+    if (!dir)
+        return die_usage("store: %s", "--store DIR is required");
+    if (!pd_store_valid_name(tenant))
+        return die_usage("store: tenant '%s' is not [a-z0-9][a-z0-9_-]{0,63}", tenant);
+    int want = !strcmp(verb, "ls")         ? -1
+               : !strcmp(verb, "put")      ? 2
+               : !strcmp(verb, "activate") ? 2
+               : !strcmp(verb, "rm")       ? 1
+                                           : -2;
+    if (want == -2)
+        return die_usage("store: unknown verb '%s'", verb);
+    if ((want >= 0 && npos != want) || (want == -1 && npos > 1))
+        return die_usage("store %s: wrong number of arguments", verb);
+    if (npos >= 1 && !pd_store_valid_name(pos[0]))
+        return die_usage("store: task '%s' is not [a-z0-9][a-z0-9_-]{0,63}", pos[0]);
+    char msg[PD_MSG_MAX];
+    pd_store *st;
+    if (pd_store_open(dir, 0, &st, msg)) {
+        fprintf(stderr, "patchctl: store: %s\n", msg);
+        return 1;
+    }
+    int err = PD_OK;
+    if (!strcmp(verb, "ls")) {
+        json_t *out;
+        if (npos == 1) {
+            out = pd_store_lookup(st, tenant, pos[0], NULL, NULL, 0) < 0
+                      ? NULL
+                      : store_task_json(st, tenant, pos[0]);
+            if (!out)
+                err = pd_fail(msg, PD_NOTFOUND, "no task '%s'", pos[0]);
+        } else {
+            static char names[4096][PD_NAME_MAX + 1];
+            int n = pd_store_tasks(st, tenant, names, 4096);
+            out = json_array();
+            for (int i = 0; i < n; i++)
+                json_array_append_new(out, store_task_json(st, tenant, names[i]));
+        }
+        if (out) {
+            char *js = json_dumps(out, JSON_COMPACT);
+            puts(js);
+            free(js);
+            json_decref(out);
+        }
+    } else if (!strcmp(verb, "put")) {
+        uint8_t *buf = NULL;
+        size_t len;
+        pd_model *m = NULL;
+        pd_patch *p = NULL;
+        err = pd_read_file(pos[1], PD_PATCH_MAX_BYTES, &buf, &len, msg);
+        if (!err && (err = pd_model_load(model, &m, msg)) == PD_OK)
+            err = pd_patch_parse(m, buf, len, &p, msg);
+        int v = 0;
+        if (!err)
+            err = pd_store_put(st, tenant, pos[0], buf, len, &v, msg);
+        if (!err) {
+            char sha[65];
+            pd_sha256_hex(buf, len, sha);
+            printf("{\"task\":\"%s\",\"version\":%d,\"sha256\":\"%s\",\"bytes\":%zu}\n", pos[0], v,
+                   sha, len);
+        }
+        pd_patch_unref(p);
+        pd_model_free(m);
+        free(buf);
+    } else if (!strcmp(verb, "activate")) {
+        int v;
+        if (parse_int(pos[1], 1, PD_MAX_VERSIONS, &v))
+            err = pd_fail(msg, PD_INVAL, "version '%s' is not a positive integer", pos[1]);
+        else
+            err = pd_store_activate(st, tenant, pos[0], v, msg);
+    } else {
+        err = pd_store_remove(st, tenant, pos[0], msg);
+    }
+    pd_store_close(st);
+    if (err) {
+        fprintf(stderr, "patchctl: store %s: %s\n", verb, msg);
+        return 1;
+    }
+    return 0;
+}
+
 static int cmp_double(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
@@ -556,6 +676,8 @@ int main(int argc, char **argv)
         return cmd_patch(argc - 2, argv + 2);
     if (!strcmp(cmd, "classify"))
         return cmd_classify(argc - 2, argv + 2);
+    if (!strcmp(cmd, "store"))
+        return cmd_store(argc - 2, argv + 2);
     if (!strcmp(cmd, "bench"))
         return cmd_bench(argc - 2, argv + 2);
     if (!strcmp(cmd, "detect"))

@@ -22,6 +22,7 @@
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <uv.h>
 
 static pd_model *model;
 static char root[64];
@@ -404,6 +405,43 @@ static void test_hand_dropped(void **state)
     free(b);
 }
 
+/* The libuv watcher picks a hand-dropped file up without an explicit rescan. */
+static void test_watch(void **state)
+{
+    (void)state;
+    fresh_root();
+    char msg[PD_MSG_MAX], path[256], cmd[300];
+    pd_store *s;
+    assert_int_equal(pd_store_open(root, 0, &s, msg), PD_OK);
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    pd_store_watch *w;
+    for (int round = 0; round < 2; round++) {
+        /* round 0: inotify (a long interval); round 1: the periodic rescan alone would do */
+        assert_int_equal(pd_store_watch_start(s, &loop, round ? 100 : 600000, &w), 0);
+        snprintf(path, sizeof(path), "%s/tenant%d/task", root, round);
+        snprintf(cmd, sizeof(cmd), "mkdir -p %s", path);
+        assert_int_equal(system(cmd), 0);
+        size_t len;
+        uint8_t *b = patch_bytes(1, &len);
+        snprintf(path, sizeof(path), "%s/tenant%d/task/v1.safetensors", root, round);
+        FILE *f = fopen(path, "wb");
+        fwrite(b, 1, len, f);
+        fclose(f);
+        free(b);
+        char tenant[16];
+        snprintf(tenant, sizeof(tenant), "tenant%d", round);
+        int active = 0;
+        for (int i = 0; i < 500 && pd_store_lookup(s, tenant, "task", &active, NULL, 0) < 0; i++)
+            uv_run(&loop, UV_RUN_NOWAIT), usleep(10000);
+        assert_int_equal(active, 1);
+        pd_store_watch_stop(w);
+        uv_run(&loop, UV_RUN_NOWAIT);
+    }
+    assert_int_equal(uv_loop_close(&loop), 0);
+    pd_store_close(s);
+}
+
 static int cleanup(void **state)
 {
     (void)state;
@@ -422,6 +460,7 @@ int main(void)
         cmocka_unit_test(test_hot_swap_stress),
         cmocka_unit_test(test_lru_and_pins),
         cmocka_unit_test(test_hand_dropped),
+        cmocka_unit_test(test_watch),
     };
     return cmocka_run_group_tests(tests, setup, cleanup);
 }
