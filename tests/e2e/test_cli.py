@@ -109,6 +109,59 @@ with tempfile.TemporaryDirectory() as d:
     t.eq(r.returncode, 1, "classify with a non-patch file")
     t.check("format" in r.stderr, "classify names the problem", r.stderr)
 
+# a patch written from Python with nothing but the standard library, as README documents
+def write_safetensors(path, tensors, metadata):
+    header, blobs, off = {"__metadata__": metadata}, [], 0
+    for name, (shape, values) in tensors.items():
+        blob = struct.pack("<%df" % len(values), *values)
+        header[name] = {"dtype": "F32", "shape": shape, "data_offsets": [off, off + len(blob)]}
+        blobs.append(blob)
+        off += len(blob)
+    h = json.dumps(header).encode()
+    h += b" " * (-len(h) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+
+
+import hashlib
+backbone = hashlib.sha256(open(t.MODEL, "rb").read()).hexdigest()
+with tempfile.TemporaryDirectory() as d:
+    p = os.path.join(d, "py.safetensors")
+    write_safetensors(p, {"head.weight": ([1024, 2], [0.0] * 2048), "head.bias": ([2], [1.0, 0.0]),
+                          "layers.pw13.scale": ([1024], [1.0] * 1024)},
+                      {"format": "patchd-patch", "format_version": "1",
+                       "backbone_sha256": backbone, "kind": "classification",
+                       "labels": json.dumps(["ant", "bee"]), "input_size": "224",
+                       "parts": "scale_bias,head"})
+    r = t.run([t.PATCHCTL, "inspect", "--model", t.MODEL, p])
+    info = json.loads(r.stdout).get("patch", {})
+    t.eq((info.get("valid"), info.get("parts")), (True, "scale_bias,head"),
+         "a patch written from Python loads", r.stdout)
+    r = t.run([t.PATCHCTL, "classify", "--model", t.MODEL, "--patch", p, jpg])
+    pred = json.loads(r.stdout)["predictions"][0]
+    t.eq(pred["label"], "ant", "its head decides")
+    t.check(abs(pred["score"] - 1 / (1 + 2.718281828459045 ** -1)) < 1e-5, "softmax of (1, 0)", pred)
+    # store round trip through the CLI
+    st = os.path.join(d, "store")
+    r = t.run([t.PATCHCTL, "store", "put", "--model", t.MODEL, "--store", st, "ants", p])
+    t.eq(json.loads(r.stdout)["version"], 1, "store put", r.stderr)
+    r = t.run([t.PATCHCTL, "store", "put", "--model", t.MODEL, "--store", st, "ants", p])
+    t.eq(json.loads(r.stdout)["version"], 2, "store put again")
+    r = t.run([t.PATCHCTL, "store", "activate", "--store", st, "ants", "1"])
+    t.eq(r.returncode, 0, "store activate")
+    r = t.run([t.PATCHCTL, "store", "ls", "--store", st])
+    t.eq(json.loads(r.stdout), [{"task": "ants", "active": 1, "versions": [1, 2]}], "store ls")
+    with open(os.path.join(st, "default", "ants", "v1.safetensors"), "rb") as f:
+        t.eq(f.read(), open(p, "rb").read(), "stored byte for byte")
+    r = t.run([t.PATCHCTL, "store", "put", "--model", t.MODEL, "--store", st, "../up", p])
+    t.eq(r.returncode, 2, "store refuses a path as a task name")
+    r = t.run([t.PATCHCTL, "store", "activate", "--store", st, "ants", "7"])
+    t.eq(r.returncode, 1, "store activate of an absent version")
+    r = t.run([t.PATCHCTL, "store", "rm", "--store", st, "ants"])
+    t.eq(r.returncode, 0, "store rm")
+    r = t.run([t.PATCHCTL, "store", "ls", "--store", st])
+    t.eq(json.loads(r.stdout), [], "store empty after rm")
+
 r = t.run([t.PATCHCTL, "frobnicate"])
 t.eq(r.returncode, 2, "unknown command is a usage error")
 r = t.run([t.PATCHCTL, "--version"])
