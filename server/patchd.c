@@ -3,7 +3,7 @@
  * the task endpoints are built on top of this in server/ as they land.
  */
 #include "../core/pd.h"
-#include "../core/st.h"
+#include "../core/net.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -14,8 +14,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define MODEL_MAX_BYTES ((size_t)1 << 30)
-
 static const char usage[] = "usage: patchd [--listen ADDR:PORT] [--model FILE]\n"
                             "\n"
                             "  --listen ADDR:PORT  address to serve on (default 127.0.0.1:8080)\n"
@@ -24,7 +22,7 @@ static const char usage[] = "usage: patchd [--listen ADDR:PORT] [--model FILE]\n
                             "  --version, --help\n";
 
 struct server {
-    pd_st *backbone;
+    pd_model *backbone;
 };
 
 static enum MHD_Result reply_json(struct MHD_Connection *c, unsigned status, const char *body)
@@ -110,16 +108,9 @@ int main(int argc, char **argv)
 
     struct server srv = {0};
     char msg[PD_MSG_MAX];
-    int err = pd_st_open(model, MODEL_MAX_BYTES, &srv.backbone, msg);
+    int err = pd_model_load(model, &srv.backbone, msg);
     if (err) {
         fprintf(stderr, "patchd: cannot load the backbone: %s\n", msg);
-        return 1;
-    }
-    const char *fmt = pd_st_meta(srv.backbone, "format");
-    if (!fmt || strcmp(fmt, "patchd-backbone")) {
-        fprintf(stderr, "patchd: %s is not a patchd backbone (metadata format is '%s')\n", model,
-                fmt ? fmt : "");
-        pd_st_free(srv.backbone);
         return 1;
     }
 
@@ -137,7 +128,7 @@ int main(int argc, char **argv)
                          MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)30, MHD_OPTION_END);
     if (!d) {
         fprintf(stderr, "patchd: cannot listen on %s: %s\n", listen, strerror(errno));
-        pd_st_free(srv.backbone);
+        pd_model_free(srv.backbone);
         return 1;
     }
     const union MHD_DaemonInfo *info = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT);
@@ -147,6 +138,6 @@ int main(int argc, char **argv)
     sigwait(&sigs, &sig);
     fprintf(stderr, "patchd: signal %d, shutting down\n", sig);
     MHD_stop_daemon(d);
-    pd_st_free(srv.backbone);
+    pd_model_free(srv.backbone);
     return 0;
 }
