@@ -107,8 +107,8 @@ static int build(pd_patch *p, const pd_model *m, const struct pd_patch_spec *s, 
         return pd_fail(msg, PD_FORMAT, "unknown patch kind");
     p->spec.kind = s->kind;
     p->spec.size = s->size ? s->size : 224;
-    if (p->spec.size < 32 || p->spec.size > 1024)
-        return pd_fail(msg, PD_FORMAT, "input_size %d is outside 32..1024", p->spec.size);
+    if (p->spec.size < 32 || p->spec.size > PD_PATCH_MAX_SIZE)
+        return pd_fail(msg, PD_FORMAT, "input_size %d is outside 32..%d", p->spec.size, PD_PATCH_MAX_SIZE);
     if (s->kind == PD_PATCH_CLASSIFY) {
         if (!s->head_w || !s->head_b)
             return pd_fail(msg, PD_FORMAT,
@@ -311,9 +311,9 @@ static int parse_spec(const pd_model *m, const pd_st *st, struct pd_patch_spec *
     if (size) {
         char *end;
         long v = strtol(size, &end, 10);
-        if (!*size || *end || v < 32 || v > 1024)
-            return pd_fail(msg, PD_FORMAT, "input_size '%.16s' is not an integer in 32..1024",
-                           size);
+        if (!*size || *end || v < 32 || v > PD_PATCH_MAX_SIZE)
+            return pd_fail(msg, PD_FORMAT, "input_size '%.16s' is not an integer in 32..%d",
+                           size, PD_PATCH_MAX_SIZE);
         s->size = (int)v;
     }
     const char *parts = pd_st_meta(st, "parts");

@@ -20,7 +20,7 @@
  *   backbone_sha256   sha256 of the backbone file   (required; another backbone's patch is refused)
  *   kind              "classification" or "detection" (required)
  *   labels            JSON array of K distinct non-empty strings, in logit order (classification)
- *   input_size        classification input side, "32".."1024" (default "224")
+ *   input_size        classification input side, "32".."512" (default "224")
  *   parts             comma-separated subset of "scale_bias,depthwise,head": must name exactly
  *                     the parts present (scale_bias = any scale/bias/gamma/beta tensor)
  *   training          optional JSON object: kind, epochs, images, accuracy, date, ...
@@ -43,6 +43,7 @@
 #define PD_PATCH_MAX_BYTES  (64u << 20)
 #define PD_PATCH_MAX_LABELS 10000
 #define PD_PATCH_LABEL_MAX  128
+#define PD_PATCH_MAX_SIZE   512 /* largest classification input side */
 
 enum pd_patch_kind {
     PD_PATCH_CLASSIFY,

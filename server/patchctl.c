@@ -42,6 +42,9 @@ static const char usage[] =
     "  store rm --store DIR [--tenant T] TASK\n"
     "      manage a patch store offline (the tenant defaults to 'default', which patchd's\n"
     "      no-auth mode serves); put validates the patch against the backbone first\n"
+    "  key new [--role infer|admin] [--tenant NAME]\n"
+    "      print a fresh API key, its SHA-256 (what the configuration stores) and a config "
+    "snippet\n"
     "  bench --task classify|faces [--size S] [--threads T] [--batch B] [--iters N]\n"
     "      time the in-process forward pass after warm-up; one JSON line\n"
     "  --version, --help\n"
@@ -323,8 +326,8 @@ static int cmd_patch(int argc, char **argv)
         else if (!strcmp(a, "--model"))
             model = v;
         else if (!strcmp(a, "--size")) {
-            if (parse_int(v, 32, 1024, &size))
-                return die_usage("patch new: --size '%s' is not 32..1024", v);
+            if (parse_int(v, 32, PD_PATCH_MAX_SIZE, &size))
+                return die_usage("patch new: --size '%s' is not 32..512", v);
         } else if (!strcmp(a, "--seed")) {
             if (parse_int(v, 0, 2147483647, &seed))
                 return die_usage("patch new: --seed '%s' is not a non-negative integer", v);
@@ -567,6 +570,43 @@ static int cmd_store(int argc, char **argv)
     return 0;
 }
 
+static int cmd_key(int argc, char **argv)
+{
+    const char *role = "admin", *tenant = "acme";
+    if (argc < 1 || strcmp(argv[0], "new"))
+        return die_usage("key: %s", "expects 'new'");
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--role") && i + 1 < argc)
+            role = argv[++i];
+        else if (!strcmp(argv[i], "--tenant") && i + 1 < argc)
+            tenant = argv[++i];
+        else
+            return die_usage("key new: unexpected argument '%s'", argv[i]);
+    }
+    if (strcmp(role, "infer") && strcmp(role, "admin"))
+        return die_usage("key new: --role '%s' is not infer or admin", role);
+    if (!pd_store_valid_name(tenant))
+        return die_usage("key new: tenant '%s' is not [a-z0-9][a-z0-9_-]{0,63}", tenant);
+    unsigned char raw[32];
+    FILE *f = fopen("/dev/urandom", "rb");
+    if (!f || fread(raw, 1, sizeof(raw), f) != sizeof(raw)) {
+        fprintf(stderr, "patchctl: key new: cannot read /dev/urandom\n");
+        if (f)
+            fclose(f);
+        return 1;
+    }
+    fclose(f);
+    char key[8 + 64 + 1] = "pd_";
+    for (int i = 0; i < 32; i++)
+        snprintf(key + 3 + 2 * i, 3, "%02x", raw[i]);
+    char sha[65];
+    pd_sha256_hex(key, strlen(key), sha);
+    printf("{\"key\":\"%s\",\"sha256\":\"%s\",\"role\":\"%s\",\"config\":{\"name\":\"%s\","
+           "\"keys\":[{\"sha256\":\"%s\",\"role\":\"%s\"}]}}\n",
+           key, sha, role, tenant, sha, role);
+    return 0;
+}
+
 static int cmp_double(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
@@ -678,6 +718,8 @@ int main(int argc, char **argv)
         return cmd_classify(argc - 2, argv + 2);
     if (!strcmp(cmd, "store"))
         return cmd_store(argc - 2, argv + 2);
+    if (!strcmp(cmd, "key"))
+        return cmd_key(argc - 2, argv + 2);
     if (!strcmp(cmd, "bench"))
         return cmd_bench(argc - 2, argv + 2);
     if (!strcmp(cmd, "detect"))

@@ -1,143 +1,206 @@
 /*
- * patchd - the inference server. At this stage it loads the backbone and answers GET /healthz;
- * the task endpoints are built on top of this in server/ as they land.
+ * patchd - the multi-tenant inference server. main() builds the one server object, starts the
+ * HTTP daemon and the workers, then runs a libuv loop for signals and the store watcher until
+ * SIGTERM has drained the requests in flight.
  */
-#include "../core/pd.h"
-#include "../core/net.h"
+#include "server.h"
 
-#include <arpa/inet.h>
-#include <errno.h>
-#include <microhttpd.h>
-#include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
-static const char usage[] = "usage: patchd [--listen ADDR:PORT] [--model FILE]\n"
-                            "\n"
-                            "  --listen ADDR:PORT  address to serve on (default 127.0.0.1:8080)\n"
-                            "  --model FILE        backbone (default "
-                            "models/ssd_mobilenet_v1.safetensors)\n"
-                            "  --version, --help\n";
+static const char usage[] =
+    "usage: patchd [--config FILE] [--listen ADDR:PORT] [--store DIR] [--model FILE] [--insecure]\n"
+    "\n"
+    "  --config FILE       JSON configuration (see conf/patchd.json); flags override it\n"
+    "  --listen ADDR:PORT  IPv4 address and port (default 127.0.0.1:8080; port 0 picks one)\n"
+    "  --store DIR         patch store directory (default ./store)\n"
+    "  --model FILE        backbone (default models/ssd_mobilenet_v1.safetensors)\n"
+    "  --insecure          allow a non-loopback address with no tenants (no authentication)\n"
+    "  --version, --help\n"
+    "\n"
+    "Signals: SIGTERM/SIGINT stop accepting, finish the requests in flight and exit 0;\n"
+    "SIGHUP reloads tenants and keys from --config.\n";
 
-struct server {
-    pd_model *backbone;
+struct loop_ctx {
+    struct pd_server *s;
+    uv_signal_t term, intr, hup;
+    uv_timer_t drain;
+    pd_store_watch *watch;
+    double drain_deadline;
 };
 
-static enum MHD_Result reply_json(struct MHD_Connection *c, unsigned status, const char *body)
+static void close_all(struct loop_ctx *x)
 {
-    struct MHD_Response *r =
-        MHD_create_response_from_buffer(strlen(body), (void *)body, MHD_RESPMEM_MUST_COPY);
-    if (!r)
-        return MHD_NO;
-    MHD_add_response_header(r, "Content-Type", "application/json");
-    enum MHD_Result ret = MHD_queue_response(c, status, r);
-    MHD_destroy_response(r);
-    return ret;
+    pd_store_watch_stop(x->watch);
+    x->watch = NULL;
+    uv_close((uv_handle_t *)&x->term, NULL);
+    uv_close((uv_handle_t *)&x->intr, NULL);
+    uv_close((uv_handle_t *)&x->hup, NULL);
+    uv_close((uv_handle_t *)&x->drain, NULL);
 }
 
-static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
-                                  const char *method, const char *version, const char *upload,
-                                  size_t *upload_size, void **req)
+static void on_drain_tick(uv_timer_t *t)
 {
-    (void)cls;
-    (void)version;
-    (void)upload;
-    (void)req;
-    if (*upload_size) {
-        *upload_size = 0; /* nothing here takes a body: drop it */
-        return MHD_YES;
-    }
-    if (!strcmp(url, "/healthz")) {
-        if (strcmp(method, "GET") && strcmp(method, "HEAD"))
-            return reply_json(c, MHD_HTTP_METHOD_NOT_ALLOWED,
-                              "{\"error\":{\"code\":\"method_not_allowed\",\"message\":\"use GET "
-                              "/healthz\"}}\n");
-        return reply_json(c, MHD_HTTP_OK, "{\"status\":\"ok\"}\n");
-    }
-    return reply_json(c, MHD_HTTP_NOT_FOUND,
-                      "{\"error\":{\"code\":\"not_found\",\"message\":\"no such endpoint\"}}\n");
+    struct loop_ctx *x = t->data;
+    int left = atomic_load(&x->s->inflight);
+    if (left > 0 && pd_now() < x->drain_deadline)
+        return;
+    if (left > 0)
+        fprintf(stderr, "patchd: drain timeout with %d requests in flight\n", left);
+    uv_timer_stop(t);
+    close_all(x);
 }
 
-static int parse_listen(const char *s, struct sockaddr_in *sa)
+static void on_term(uv_signal_t *h, int sig)
 {
-    char host[64];
-    const char *colon = strrchr(s, ':');
-    if (!colon || (size_t)(colon - s) >= sizeof(host))
-        return -1;
-    memcpy(host, s, (size_t)(colon - s));
-    host[colon - s] = '\0';
-    char *end;
-    long port = strtol(colon + 1, &end, 10);
-    if (*end || port < 0 || port > 65535 || end == colon + 1)
-        return -1;
-    memset(sa, 0, sizeof(*sa));
-    sa->sin_family = AF_INET;
-    sa->sin_port = htons((uint16_t)port);
-    if (inet_pton(AF_INET, host[0] ? host : "0.0.0.0", &sa->sin_addr) != 1)
-        return -1;
-    return 0;
+    struct loop_ctx *x = h->data;
+    if (atomic_exchange(&x->s->draining, 1))
+        return;
+    fprintf(stderr, "patchd: signal %d: no new connections, draining %d requests\n", sig,
+            atomic_load(&x->s->inflight));
+    http_quiesce(x->s);
+    x->drain_deadline = pd_now() + x->s->cfg.drain_s;
+    uv_timer_start(&x->drain, on_drain_tick, 0, 20);
+}
+
+static void on_hup(uv_signal_t *h, int sig)
+{
+    (void)sig;
+    struct loop_ctx *x = h->data;
+    struct pd_server *s = x->s;
+    if (!s->config_path) {
+        fprintf(stderr, "patchd: SIGHUP: no --config to reload\n");
+        return;
+    }
+    struct pd_config fresh;
+    pd_config_defaults(&fresh);
+    char msg[PD_MSG_MAX];
+    if (pd_config_load(&fresh, s->config_path, msg)) {
+        fprintf(stderr, "patchd: SIGHUP: keeping the old tenants: %s\n", msg);
+    } else if (fresh.ntenants == 0 && s->cfg.ntenants > 0) {
+        fprintf(stderr, "patchd: SIGHUP: refusing to drop every tenant (it would disable "
+                        "authentication); restart to change modes\n");
+    } else {
+        auth_reload(s, &fresh);
+        fprintf(stderr, "patchd: SIGHUP: reloaded %d tenants\n", s->cfg.ntenants);
+    }
+    pd_config_fini(&fresh);
 }
 
 int main(int argc, char **argv)
 {
-    const char *listen = "127.0.0.1:8080";
-    const char *model = "models/ssd_mobilenet_v1.safetensors";
+    struct pd_server srv;
+    memset(&srv, 0, sizeof(srv));
+    struct pd_server *s = &srv;
+    pd_config_defaults(&s->cfg);
+    const char *listen = NULL, *store = NULL, *model = NULL;
+    int insecure = 0;
     for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--listen") && i + 1 < argc) {
-            listen = argv[++i];
-        } else if (!strcmp(argv[i], "--model") && i + 1 < argc) {
-            model = argv[++i];
-        } else if (!strcmp(argv[i], "--version")) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--version")) {
             printf("patchd %s\n", PD_VERSION);
             return 0;
-        } else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+        } else if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             fputs(usage, stdout);
             return 0;
+        } else if (!strcmp(a, "--insecure")) {
+            insecure = 1;
+        } else if (i + 1 < argc && !strcmp(a, "--config")) {
+            s->config_path = argv[++i];
+        } else if (i + 1 < argc && !strcmp(a, "--listen")) {
+            listen = argv[++i];
+        } else if (i + 1 < argc && !strcmp(a, "--store")) {
+            store = argv[++i];
+        } else if (i + 1 < argc && !strcmp(a, "--model")) {
+            model = argv[++i];
         } else {
-            fprintf(stderr, "patchd: unexpected argument '%s'\n%s", argv[i], usage);
+            fprintf(stderr, "patchd: unexpected argument '%s'\n%s", a, usage);
             return 2;
         }
     }
-    struct sockaddr_in sa;
-    if (parse_listen(listen, &sa) < 0) {
-        fprintf(stderr, "patchd: --listen '%s' is not IPV4:PORT\n", listen);
+    char msg[PD_MSG_MAX];
+    if (s->config_path && pd_config_load(&s->cfg, s->config_path, msg)) {
+        fprintf(stderr, "patchd: %s\n", msg);
         return 2;
     }
-
-    struct server srv = {0};
-    char msg[PD_MSG_MAX];
-    int err = pd_model_load(model, &srv.backbone, msg);
-    if (err) {
-        fprintf(stderr, "patchd: cannot load the backbone: %s\n", msg);
-        return 1;
+    if (listen)
+        snprintf(s->cfg.listen, sizeof(s->cfg.listen), "%s", listen);
+    if (store)
+        snprintf(s->cfg.store, sizeof(s->cfg.store), "%s", store);
+    if (model)
+        snprintf(s->cfg.model, sizeof(s->cfg.model), "%s", model);
+    if (insecure)
+        s->cfg.insecure = 1;
+    int workers = s->cfg.workers;
+    if (workers <= 0) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        workers = n > 0 ? (int)n : 1;
     }
 
-    /* signals are taken synchronously by the main thread */
-    sigset_t sigs;
-    sigemptyset(&sigs);
-    sigaddset(&sigs, SIGINT);
-    sigaddset(&sigs, SIGTERM);
-    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
     signal(SIGPIPE, SIG_IGN);
-
-    struct MHD_Daemon *d =
-        MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG, 0,
-                         NULL, NULL, on_request, &srv, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
-                         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)30, MHD_OPTION_END);
-    if (!d) {
-        fprintf(stderr, "patchd: cannot listen on %s: %s\n", listen, strerror(errno));
-        pd_model_free(srv.backbone);
-        return 1;
+    int rc = 1;
+    double t0 = pd_now();
+    if (pd_model_load(s->cfg.model, &s->model, msg)) {
+        fprintf(stderr, "patchd: cannot load the backbone: %s\n", msg);
+        goto out;
     }
-    const union MHD_DaemonInfo *info = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT);
-    fprintf(stderr, "patchd: listening on %s (port %u)\n", listen, info ? info->port : 0);
+    if (pd_store_open(s->cfg.store, s->cfg.versions_kept, &s->store, msg) ||
+        pd_cache_new(s->model, s->store, s->cfg.cache_bytes, &s->cache, msg) ||
+        pd_engine_new(s->model, s->cache, workers, s->cfg.batch, s->cfg.limits.max_pixels,
+                      s->cfg.limits.queue, &s->engine, msg)) {
+        fprintf(stderr, "patchd: %s\n", msg);
+        goto out;
+    }
+    s->metrics = pd_metrics_new();
+    if (!s->metrics || auth_init(s)) {
+        fprintf(stderr, "patchd: out of memory\n");
+        goto out;
+    }
+    if (http_start(s, msg)) {
+        fprintf(stderr, "patchd: %s\n", msg);
+        rc = 2;
+        goto out_auth;
+    }
+    s->ready = 1;
+    fprintf(stderr,
+            "patchd: listening on %s (port %u); store %s; %d workers; %s; ready in %.0f ms\n",
+            s->cfg.listen, http_port(s), s->cfg.store, workers,
+            s->cfg.ntenants ? "authentication on" : "development mode (no authentication)",
+            (pd_now() - t0) * 1e3);
 
-    int sig = 0;
-    sigwait(&sigs, &sig);
-    fprintf(stderr, "patchd: signal %d, shutting down\n", sig);
-    MHD_stop_daemon(d);
-    pd_model_free(srv.backbone);
-    return 0;
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    struct loop_ctx x;
+    memset(&x, 0, sizeof(x));
+    x.s = s;
+    uv_signal_init(&loop, &x.term);
+    uv_signal_init(&loop, &x.intr);
+    uv_signal_init(&loop, &x.hup);
+    uv_timer_init(&loop, &x.drain);
+    x.term.data = x.intr.data = x.hup.data = x.drain.data = &x;
+    uv_signal_start(&x.term, on_term, SIGTERM);
+    uv_signal_start(&x.intr, on_term, SIGINT);
+    uv_signal_start(&x.hup, on_hup, SIGHUP);
+    if (pd_store_watch_start(s->store, &loop, s->cfg.rescan_ms, &x.watch))
+        fprintf(stderr, "patchd: cannot watch the store; relying on restarts\n");
+    uv_run(&loop, UV_RUN_DEFAULT);
+    uv_loop_close(&loop);
+    http_stop(s);
+    fprintf(stderr, "patchd: stopped\n");
+    rc = 0;
+out_auth:
+    auth_fini(s);
+out:
+    if (s->httpd)
+        http_stop(s);
+    pd_engine_free(s->engine);
+    pd_cache_free(s->cache);
+    pd_store_close(s->store);
+    pd_metrics_free(s->metrics);
+    pd_model_free(s->model);
+    pd_config_fini(&s->cfg);
+    return rc;
 }

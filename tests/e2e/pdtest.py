@@ -50,33 +50,34 @@ def run(args, **kw):
 
 
 class Server:
-    """A patchd on 127.0.0.1:0; the port is read from its start-up line."""
+    """A patchd on 127.0.0.1:0; the port is read from its start-up line. stderr is drained by a
+    thread (the access log would otherwise fill the pipe) and kept in self.log."""
 
-    def __init__(self, *args, expect_fail=False):
-        self.proc = subprocess.Popen(
-            [PATCHD, "--listen", "127.0.0.1:0", "--model", MODEL, *args],
-            stderr=subprocess.PIPE, text=True)
+    def __init__(self, *args, expect_fail=False, model=True):
+        import threading
+        cmd = [PATCHD, "--listen", "127.0.0.1:0", *(["--model", MODEL] if model else []), *args]
+        self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
         self.port = None
         self.log = []
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            r, _, _ = select.select([self.proc.stderr], [], [], 0.5)
-            if r:
-                line = self.proc.stderr.readline()
-                if not line:
-                    break
+        started = threading.Event()
+
+        def drain():
+            for line in self.proc.stderr:
                 self.log.append(line)
                 m = re.search(r"listening on .* \(port (\d+)\)", line)
-                if m:
+                if m and self.port is None:
                     self.port = int(m.group(1))
-                    return
-            if self.proc.poll() is not None:
-                break
-        if not expect_fail:
+                    started.set()
+            started.set()
+
+        self.reader = threading.Thread(target=drain, daemon=True)
+        self.reader.start()
+        started.wait(60)
+        if self.port is None and not expect_fail:
             raise RuntimeError("patchd did not start: " + "".join(self.log))
 
-    def request(self, method, path, body=None, headers=None):
-        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+    def request(self, method, path, body=None, headers=None, timeout=60):
+        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
         c.request(method, path, body=body, headers=headers or {})
         r = c.getresponse()
         data = r.read()
@@ -94,10 +95,12 @@ class Server:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:
-                self.proc.wait(timeout=30)
+                self.proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        rest = self.proc.stderr.read()
-        self.log.append(rest)
+        self.reader.join(10)
         return self.proc.returncode
+
+    def text(self):
+        return "".join(self.log)
