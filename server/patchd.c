@@ -141,6 +141,20 @@ int main(int argc, char **argv)
     }
 
     signal(SIGPIPE, SIG_IGN);
+    /* signal handlers first, so that a SIGTERM right after start-up still drains cleanly */
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    struct loop_ctx x;
+    memset(&x, 0, sizeof(x));
+    x.s = s;
+    uv_signal_init(&loop, &x.term);
+    uv_signal_init(&loop, &x.intr);
+    uv_signal_init(&loop, &x.hup);
+    uv_timer_init(&loop, &x.drain);
+    x.term.data = x.intr.data = x.hup.data = x.drain.data = &x;
+    uv_signal_start(&x.term, on_term, SIGTERM);
+    uv_signal_start(&x.intr, on_term, SIGINT);
+    uv_signal_start(&x.hup, on_hup, SIGHUP);
     int rc = 1;
     double t0 = pd_now();
     if (pd_model_load(s->cfg.model, &s->model, msg)) {
@@ -171,29 +185,21 @@ int main(int argc, char **argv)
             s->cfg.ntenants ? "authentication on" : "development mode (no authentication)",
             (pd_now() - t0) * 1e3);
 
-    uv_loop_t loop;
-    uv_loop_init(&loop);
-    struct loop_ctx x;
-    memset(&x, 0, sizeof(x));
-    x.s = s;
-    uv_signal_init(&loop, &x.term);
-    uv_signal_init(&loop, &x.intr);
-    uv_signal_init(&loop, &x.hup);
-    uv_timer_init(&loop, &x.drain);
-    x.term.data = x.intr.data = x.hup.data = x.drain.data = &x;
-    uv_signal_start(&x.term, on_term, SIGTERM);
-    uv_signal_start(&x.intr, on_term, SIGINT);
-    uv_signal_start(&x.hup, on_hup, SIGHUP);
     if (pd_store_watch_start(s->store, &loop, s->cfg.rescan_ms, &x.watch))
         fprintf(stderr, "patchd: cannot watch the store; relying on restarts\n");
     uv_run(&loop, UV_RUN_DEFAULT);
-    uv_loop_close(&loop);
     http_stop(s);
     fprintf(stderr, "patchd: stopped\n");
     rc = 0;
 out_auth:
     auth_fini(s);
 out:
+    if (x.watch || !uv_is_closing((uv_handle_t *)&x.term)) {
+        /* start-up failed before the loop ran: close the handles */
+        close_all(&x);
+        uv_run(&loop, UV_RUN_DEFAULT);
+    }
+    uv_loop_close(&loop);
     if (s->httpd)
         http_stop(s);
     pd_engine_free(s->engine);

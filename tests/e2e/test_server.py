@@ -341,4 +341,20 @@ with open(bad, "w") as f:
 r = subprocess.run([t.PATCHD, "--config", bad], capture_output=True, text=True, timeout=60)
 t.eq(r.returncode, 2, "unknown config key exit status")
 t.check("limits.image_bytez" in r.stderr, "unknown config key is named", r.stderr)
+# the example configuration is valid (its admin hash comes from the environment)
+example = os.path.join(os.path.dirname(t.TESTDATA), "..", "conf", "patchd.json")
+env = dict(os.environ, PATCHD_ACME_ADMIN_SHA256=keys["acme_admin"]["sha256"])
+p = subprocess.Popen([t.PATCHD, "--config", example, "--model", t.MODEL, "--store",
+                      os.path.join(tmp.name, "ex"), "--listen", "127.0.0.1:0"],
+                     stderr=subprocess.PIPE, text=True, env=env)
+line = p.stderr.readline()
+t.check("authentication on" in line, "conf/patchd.json starts a server", line)
+p.send_signal(signal.SIGTERM)
+t.eq(p.wait(timeout=60), 0, "example server stops cleanly")
+p.stderr.close()
+env.pop("PATCHD_ACME_ADMIN_SHA256")
+r = subprocess.run([t.PATCHD, "--config", example], capture_output=True, text=True, timeout=60,
+                   env=env)
+t.check(r.returncode == 2 and "PATCHD_ACME_ADMIN_SHA256" in r.stderr,
+        "a missing secret variable is named", r.stderr)
 t.finish()
