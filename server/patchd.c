@@ -124,6 +124,7 @@ int main(int argc, char **argv)
     char msg[PD_MSG_MAX];
     if (s->config_path && pd_config_load(&s->cfg, s->config_path, msg)) {
         fprintf(stderr, "patchd: %s\n", msg);
+        pd_config_fini(&s->cfg);
         return 2;
     }
     if (listen)
