@@ -240,6 +240,19 @@ const float *pd_model_dw(const pd_model *m, int l)
     return pd_layer_is_dw(l) ? m->w[l] : NULL;
 }
 
+const float *pd_model_weights(const pd_model *m, int l)
+{
+    PD_ASSERT(l >= 0 && l < PD_NLAYERS);
+    return m->w[l];
+}
+
+void pd_model_bn_stats(const pd_model *m, int l, const float **mean, const float **var)
+{
+    PD_ASSERT(l > 0 && l < PD_NLAYERS && pd_layer_is_dw(l));
+    *mean = m->mean[l];
+    *var = m->var[l];
+}
+
 const float *pd_model_gamma(const pd_model *m, int l)
 {
     PD_ASSERT(l > 0 && l < PD_NLAYERS && pd_layer_is_dw(l));

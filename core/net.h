@@ -75,6 +75,12 @@ const float *pd_model_dw(const pd_model *m, int l); /* (3, 3, C); NULL unless de
 const float *pd_model_gamma(const pd_model *m, int l);
 const float *pd_model_beta(const pd_model *m, int l);
 
+/* The backbone's convolution weights of layer l: conv0 (3, 3, 3, 32), dwN (3, 3, C), pwN
+ * (Cin, Cout). Borrowed. */
+const float *pd_model_weights(const pd_model *m, int l);
+/* The frozen batch-norm moving mean and variance of depthwise layer l. Borrowed. */
+void pd_model_bn_stats(const pd_model *m, int l, const float **mean, const float **var);
+
 /* Folds a depthwise layer's gamma/beta with the backbone's moving statistics into scale/bias. */
 void pd_model_fold_bn(const pd_model *m, int l, const float *gamma, const float *beta, float *scale,
                       float *bias);

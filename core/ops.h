@@ -64,4 +64,32 @@ void pd_op_dw(const float *x, int n, int h, int w, int c, const float *const *wt
 void pd_op_pw(const float *x, int n, int h, int w, int cin, const float *wt, int cout,
               const float *const *scale, const float *const *bias, enum pd_act act, float *y);
 
+/* ---- backward (training) ----
+ * Shapes as in the forward functions. "Accumulates" means += into the caller's buffer, which
+ * the caller zeroes once per optimisation step; "writes" overwrites. */
+
+/*
+ * Backward of y = act(scale * z + bias) for one sample: given z and dy, writes dz and
+ * accumulates dscale (sum of dy' * z) and dbias (sum of dy'), where dy' is dy masked by the
+ * ReLU6's open interval (0, 6). dz may alias dy.
+ */
+void pd_scale_bias_act_backward(const float *z, const float *dy, size_t rows, int c,
+                                const float *scale, const float *bias, enum pd_act act, float *dz,
+                                float *dscale, float *dbias);
+
+/* Depthwise 3x3 backward for one sample's kernel k: writes dx (h, w, c) from dz (oh, ow, c) and,
+ * when dk is not NULL, accumulates the kernel gradient (3, 3, c) from x. */
+void pd_op_dw_backward(const float *x, int h, int w, int c, const float *k, int s, const float *dz,
+                       float *dx, float *dk);
+
+/* Pointwise backward over the batch: writes dx = dz . W^T (n*h*w, cin); when dw is not NULL
+ * accumulates dW += x^T . dz (cin, cout). */
+void pd_op_pw_backward(const float *x, int rows, int cin, const float *wt, int cout,
+                       const float *dz, float *dx, float *dw);
+
+/* Full convolution weight gradient: accumulates dW (k, k, cin, cout) += im2col(x)^T . dz. col is
+ * scratch of pd_conv_col_floats() floats. */
+void pd_op_conv_backward_w(const float *x, int n, int h, int w, int cin, int k, int s, int cout,
+                           const float *dz, float *dw, float *col);
+
 #endif

@@ -9,6 +9,7 @@
 #include "../core/image.h"
 #include "../core/net.h"
 #include "../core/ssd.h"
+#include "../core/train.h"
 #include "../patches/cache.h"
 #include "../patches/patch.h"
 #include "../patches/store.h"
@@ -18,6 +19,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 #define MAX_FILE_BYTES ((size_t)1 << 31)
 
@@ -36,6 +39,11 @@ static const char usage[] =
     "      classify images with a patch; one JSON line per image\n"
     "  detect [--model FILE] [--min-score S] IMAGE...\n"
     "      detect faces; one JSON line per image, boxes [x, y, w, h] in image pixels\n"
+    "  train --data DIR|ARCHIVE --kind logits|sb|sbdw --out FILE [--val DIR] [--epochs N]\n"
+    "        [--size S] [--batch B] [--seed N] [--base PATCH] [--threads T] [--lr LR]\n"
+    "      train a patch from class folders of JPEGs; progress on stderr, summary JSON on stdout\n"
+    "  eval --patch FILE --data DIR|ARCHIVE [--threads T]\n"
+    "      accuracy, per-class accuracy, confusion matrix and images/s as JSON\n"
     "  store ls --store DIR [--tenant T] [TASK]\n"
     "  store put --store DIR [--tenant T] TASK FILE\n"
     "  store activate --store DIR [--tenant T] TASK VERSION\n"
@@ -607,6 +615,312 @@ static int cmd_key(int argc, char **argv)
     return 0;
 }
 
+struct train_ui {
+    int tty;
+    double last_print;
+};
+
+static void on_progress(void *ctx, const struct pd_train_progress *p)
+{
+    struct train_ui *ui = ctx;
+    if (!strcmp(p->phase, "probe done")) {
+        fprintf(stderr, "%spatchctl: train: linear probe: val accuracy %.4f\n",
+                ui->tty ? "\r\033[K" : "", p->probe_val_acc);
+        return;
+    }
+    if (strcmp(p->phase, "train")) {
+        if (strcmp(p->phase, "done"))
+            fprintf(stderr, "%spatchctl: train: %s%s", ui->tty ? "\r\033[K" : "", p->phase,
+                    ui->tty ? "..." : "\n");
+        return;
+    }
+    char val[16] = "-";
+    if (p->val_acc >= 0)
+        snprintf(val, sizeof(val), "%.4f", p->val_acc);
+    if (p->epoch_done) {
+        fprintf(stderr,
+                "%spatchctl: train: epoch %d/%d done: loss %.4f, train accuracy %.4f, val "
+                "accuracy %s, %.1f img/s\n",
+                ui->tty ? "\r\033[K" : "", p->epoch, p->epochs, p->loss, p->train_acc, val,
+                p->images_per_s);
+        return;
+    }
+    double now = pd_now();
+    if (!ui->tty || now - ui->last_print < 0.2)
+        return;
+    ui->last_print = now;
+    int width = 30, done = p->steps ? p->step * width / p->steps : width;
+    char bar[64];
+    for (int i = 0; i < width; i++)
+        bar[i] = i < done ? '#' : '.';
+    bar[width] = '\0';
+    fprintf(stderr,
+            "\r\033[Kepoch %d/%d [%s] step %d/%d  %.1f img/s  loss %.4f  acc %.3f  val %s  ETA "
+            "%.0fs",
+            p->epoch, p->epochs, bar, p->step, p->steps, p->images_per_s, p->loss, p->train_acc,
+            val, p->eta_s);
+}
+
+/* A patch's raw layers as training parameters (borrowed from the patch). */
+static void params_of(const pd_patch *p, struct pd_params *out)
+{
+    const struct pd_patch_spec *s = pd_patch_spec(p);
+    memset(out, 0, sizeof(*out));
+    for (int l = 0; l < PD_NLAYERS; l++) {
+        out->scale[l] = (float *)s->scale[l];
+        out->bias[l] = (float *)s->bias[l];
+        out->kernel[l] = (float *)s->kernel[l];
+    }
+}
+
+static int cmd_train(int argc, char **argv)
+{
+    const char *data = NULL, *val = NULL, *out = NULL, *base = NULL, *kind = NULL;
+    const char *model = default_model();
+    struct pd_train_opts o = {0};
+    o.seed = 1;
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        int bad = 0, tmp;
+        if (!v)
+            return die_usage("train: option '%s' needs a value", a);
+        if (!strcmp(a, "--data"))
+            data = v;
+        else if (!strcmp(a, "--val"))
+            val = v;
+        else if (!strcmp(a, "--out"))
+            out = v;
+        else if (!strcmp(a, "--base"))
+            base = v;
+        else if (!strcmp(a, "--kind"))
+            kind = v;
+        else if (!strcmp(a, "--model"))
+            model = v;
+        else if (!strcmp(a, "--epochs"))
+            bad = parse_int(v, 1, 10000, &o.epochs);
+        else if (!strcmp(a, "--size"))
+            bad = parse_int(v, 32, PD_PATCH_MAX_SIZE, &o.size);
+        else if (!strcmp(a, "--batch"))
+            bad = parse_int(v, 1, 256, &o.batch);
+        else if (!strcmp(a, "--threads"))
+            bad = parse_int(v, 1, 16, &o.threads);
+        else if (!strcmp(a, "--seed")) {
+            bad = parse_int(v, 0, 2147483647, &tmp);
+            o.seed = (uint64_t)tmp;
+        } else if (!strcmp(a, "--lr")) {
+            bad = parse_float(v, 1e-7, 1.0, &o.lr);
+        } else
+            return die_usage("train: unknown option '%s'", a);
+        if (bad)
+            return die_usage("train: bad value for %s", a);
+        i++;
+    }
+    if (!data || !out || !kind)
+        return die_usage("train: %s", "--data, --kind and --out are required");
+    int k = pd_train_kind_parse(kind);
+    if (k < 0)
+        return die_usage("train: --kind '%s' is not logits, sb or sbdw", kind);
+    o.kind = (enum pd_train_kind)k;
+    char msg[PD_MSG_MAX];
+    pd_model *m;
+    if (load_model(model, &m))
+        return 1;
+    struct pd_dataset ds, vs;
+    int have_val = 0, rc = 1;
+    pd_patch *bp = NULL;
+    struct pd_params basep;
+    if (pd_dataset_open(data, (uint64_t)8 << 30, &ds, msg)) {
+        fprintf(stderr, "patchctl: train: %s\n", msg);
+        pd_model_free(m);
+        return 1;
+    }
+    if (val) {
+        if (pd_dataset_open(val, (uint64_t)8 << 30, &vs, msg)) {
+            fprintf(stderr, "patchctl: train: --val: %s\n", msg);
+            goto done;
+        }
+        have_val = 1;
+    }
+    if (base) {
+        if (pd_patch_load(m, base, &bp, msg)) {
+            fprintf(stderr, "patchctl: train: --base %s: %s\n", base, msg);
+            goto done;
+        }
+        params_of(bp, &basep);
+        o.base = &basep;
+    }
+    struct train_ui ui = {isatty(2), 0};
+    o.progress = on_progress;
+    o.ctx = &ui;
+    struct pd_train_result r;
+    if (pd_train(m, &ds, have_val ? &vs : NULL, &o, &r, msg)) {
+        fprintf(stderr, "%spatchctl: train: %s\n", ui.tty ? "\n" : "", msg);
+        goto done;
+    }
+    /* the patch: labels, layers, head, and a training summary */
+    time_t now = time(NULL);
+    char date[32];
+    strftime(date, sizeof(date), "%Y-%m-%dT%H:%M:%SZ", gmtime(&now));
+    json_t *summary = json_pack("{s:s, s:i, s:i, s:i, s:i, s:i, s:i, s:I, s:f, s:s}", "kind",
+                                pd_train_kind_name(o.kind), "epochs", r.epochs, "steps", r.steps,
+                                "images", r.images, "skipped", r.skipped, "size",
+                                o.size ? o.size : 224, "batch", o.batch ? o.batch : 32, "seed",
+                                (json_int_t)o.seed, "seconds", r.seconds, "date", date);
+    json_object_set_new(summary, "train_accuracy", json_real(r.train_acc));
+    json_object_set_new(summary, "probe_l2", json_real(r.probe_l2));
+    if (have_val) {
+        json_object_set_new(summary, "val_accuracy", json_real(r.val_acc));
+        json_object_set_new(summary, "probe_val_accuracy", json_real(r.probe_val_acc));
+        json_object_set_new(summary, "probe_only", json_boolean(r.probe_only));
+    }
+    if (base)
+        json_object_set_new(summary, "base", json_string(base));
+    char *training = json_dumps(summary, JSON_COMPACT | JSON_REAL_PRECISION(6));
+    struct pd_patch_spec sp;
+    memset(&sp, 0, sizeof(sp));
+    sp.kind = PD_PATCH_CLASSIFY;
+    sp.size = o.size ? o.size : 224;
+    sp.nclass = ds.nclass;
+    sp.labels = (const char *const *)ds.labels;
+    for (int l = 0; l < PD_NLAYERS; l++) {
+        sp.scale[l] = r.p.scale[l];
+        sp.bias[l] = r.p.bias[l];
+        sp.kernel[l] = r.p.kernel[l];
+    }
+    sp.head_w = r.p.head_w;
+    sp.head_b = r.p.head_b;
+    sp.training = training;
+    pd_patch *p;
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    int err = pd_patch_build(m, &sp, &p, msg);
+    if (!err) {
+        err = pd_patch_serialize(p, &buf, &len, msg);
+        json_object_set_new(summary, "trainable_parameters", json_integer(pd_patch_params(p)));
+        pd_patch_unref(p);
+    }
+    if (!err) {
+        struct pd_iovec part = {buf, len};
+        err = pd_write_atomic(out, &part, 1, msg);
+    }
+    if (err) {
+        fprintf(stderr, "patchctl: train: %s\n", msg);
+    } else {
+        json_object_set_new(summary, "out", json_string(out));
+        json_object_set_new(summary, "bytes", json_integer((json_int_t)len));
+        char *js = json_dumps(summary, JSON_COMPACT | JSON_REAL_PRECISION(6));
+        puts(js);
+        free(js);
+        rc = 0;
+    }
+    free(buf);
+    free(training);
+    json_decref(summary);
+    pd_params_free(&r.p);
+done:
+    pd_patch_unref(bp);
+    if (have_val)
+        pd_dataset_fini(&vs);
+    pd_dataset_fini(&ds);
+    pd_model_free(m);
+    return rc;
+}
+
+static int cmd_eval(int argc, char **argv)
+{
+    const char *patch = NULL, *data = NULL, *model = default_model();
+    int threads = 2;
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!v)
+            return die_usage("eval: option '%s' needs a value", a);
+        if (!strcmp(a, "--patch"))
+            patch = v;
+        else if (!strcmp(a, "--data"))
+            data = v;
+        else if (!strcmp(a, "--model"))
+            model = v;
+        else if (!strcmp(a, "--threads")) {
+            if (parse_int(v, 1, 16, &threads))
+                return die_usage("eval: bad value for %s", a);
+        } else
+            return die_usage("eval: unknown option '%s'", a);
+        i++;
+    }
+    if (!patch || !data)
+        return die_usage("eval: %s", "--patch and --data are required");
+    char msg[PD_MSG_MAX];
+    pd_model *m;
+    if (load_model(model, &m))
+        return 1;
+    pd_patch *p = NULL;
+    struct pd_dataset ds;
+    int rc = 1, *map = NULL;
+    if (pd_patch_load(m, patch, &p, msg) || pd_patch_kind(p) != PD_PATCH_CLASSIFY) {
+        fprintf(stderr, "patchctl: eval: %s: %s\n", patch, p ? "not a classification patch" : msg);
+        pd_patch_unref(p);
+        pd_model_free(m);
+        return 1;
+    }
+    if (pd_dataset_open(data, (uint64_t)8 << 30, &ds, msg)) {
+        fprintf(stderr, "patchctl: eval: %s\n", msg);
+        pd_patch_unref(p);
+        pd_model_free(m);
+        return 1;
+    }
+    const struct pd_patch_spec *sp = pd_patch_spec(p);
+    map = malloc(sizeof(int) * (size_t)ds.nclass);
+    for (int c = 0; map && c < ds.nclass; c++) {
+        map[c] = -1;
+        for (int k = 0; k < sp->nclass; k++)
+            if (!strcmp(ds.labels[c], sp->labels[k]))
+                map[c] = k;
+        if (map[c] < 0)
+            fprintf(stderr,
+                    "patchctl: eval: class '%s' is not one of the patch's labels; its "
+                    "images count as wrong\n",
+                    ds.labels[c]);
+    }
+    struct pd_eval_result r;
+    if (!map || pd_eval(m, pd_patch_task(p), &ds, map, threads, &r, msg)) {
+        fprintf(stderr, "patchctl: eval: %s\n", map ? msg : "out of memory");
+    } else {
+        const int K = r.nclass;
+        json_t *per = json_object(), *conf = json_array();
+        for (int k = 0; k < K; k++) {
+            int row = 0;
+            json_t *cr = json_array();
+            for (int j = 0; j < K; j++) {
+                row += r.confusion[k * K + j];
+                json_array_append_new(cr, json_integer(r.confusion[k * K + j]));
+            }
+            json_array_append_new(conf, cr);
+            json_object_set_new(per, sp->labels[k],
+                                row ? json_real((double)r.confusion[k * K + k] / row)
+                                    : json_null());
+        }
+        json_t *labels = json_array();
+        for (int k = 0; k < K; k++)
+            json_array_append_new(labels, json_string(sp->labels[k]));
+        json_t *o =
+            json_pack("{s:f, s:i, s:i, s:i, s:o, s:o, s:o, s:f}", "accuracy",
+                      r.n ? (double)r.correct / r.n : 0.0, "images", r.n, "correct", r.correct,
+                      "skipped", r.skipped, "labels", labels, "per_class", per, "confusion", conf,
+                      "images_per_s", r.seconds > 0 ? (r.n + r.skipped) / r.seconds : 0.0);
+        char *js = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(6));
+        puts(js);
+        free(js);
+        json_decref(o);
+        free(r.confusion);
+        rc = 0;
+    }
+    free(map);
+    pd_dataset_fini(&ds);
+    pd_patch_unref(p);
+    pd_model_free(m);
+    return rc;
+}
+
 static int cmp_double(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
@@ -718,6 +1032,10 @@ int main(int argc, char **argv)
         return cmd_classify(argc - 2, argv + 2);
     if (!strcmp(cmd, "store"))
         return cmd_store(argc - 2, argv + 2);
+    if (!strcmp(cmd, "train"))
+        return cmd_train(argc - 2, argv + 2);
+    if (!strcmp(cmd, "eval"))
+        return cmd_eval(argc - 2, argv + 2);
     if (!strcmp(cmd, "key"))
         return cmd_key(argc - 2, argv + 2);
     if (!strcmp(cmd, "bench"))
