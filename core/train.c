@@ -93,9 +93,10 @@ struct fwd_job {
     const pd_model *m;
     const struct pd_task *task;
     const struct pd_dataset *ds;
-    int size, first, step; /* images first, first + step, ... */
-    float *feats;          /* (n, 1024) or NULL */
-    int *pred;             /* (n) predicted class or -1 when unreadable */
+    int size, first, step;         /* images first, first + step, ... */
+    float *feats;                  /* (n, 1024) or NULL */
+    int *pred;                     /* (n) predicted class or -1 when unreadable */
+    const struct pd_train_opts *o; /* for cancellation, or NULL */
     int err;
 };
 
@@ -117,6 +118,10 @@ static void fwd_worker(void *arg)
         tasks[i] = j->task, pp[i] = probs + (size_t)i * K;
     int at = j->first;
     while (at < j->ds->n) {
+        if (j->o && j->o->cancelled && j->o->cancelled(j->o->ctx)) {
+            j->err = PD_CANCELLED;
+            break;
+        }
         int n = 0;
         for (; n < B && at < j->ds->n; at += j->step) {
             if (load_image(j->ds->paths[at], S, NULL, in + (size_t)n * S * S * 3)) {
@@ -145,13 +150,14 @@ static void fwd_worker(void *arg)
 
 /* Runs the task over the dataset: predictions (and features when feats is not NULL). */
 static int forward_all(const pd_model *m, const struct pd_task *task, const struct pd_dataset *ds,
-                       int size, int threads, float *feats, int *pred)
+                       int size, int threads, float *feats, int *pred,
+                       const struct pd_train_opts *o)
 {
     struct fwd_job jobs[MAX_THREAD];
     uv_thread_t th[MAX_THREAD];
     threads = threads < 1 ? 1 : threads > MAX_THREAD ? MAX_THREAD : threads;
     for (int t = 0; t < threads; t++) {
-        jobs[t] = (struct fwd_job){m, task, ds, size, t, threads, feats, pred, 0};
+        jobs[t] = (struct fwd_job){m, task, ds, size, t, threads, feats, pred, o, 0};
         uv_thread_create(&th[t], fwd_worker, &jobs[t]);
     }
     int err = 0;
@@ -177,7 +183,7 @@ int pd_eval(const pd_model *m, const struct pd_task *task, const struct pd_datas
         return pd_fail(msg, PD_NOMEM, "out of memory");
     }
     openblas_set_num_threads(1);
-    int err = forward_all(m, task, ds, task->size, threads, NULL, pred);
+    int err = forward_all(m, task, ds, task->size, threads, NULL, pred, NULL);
     out->nclass = K;
     for (int i = 0; i < ds->n && !err; i++) {
         if (pred[i] < 0) {
@@ -747,7 +753,9 @@ int pd_train(const pd_model *m, const struct pd_dataset *train, const struct pd_
         trainer_free(&t);
         return pd_fail(msg, PD_NOMEM, "out of memory for %d cached features", N);
     }
-    err = forward_all(m, &task, train, o.size, o.threads, feats, pred);
+    err = forward_all(m, &task, train, o.size, o.threads, feats, pred, &o);
+    if (err == PD_CANCELLED)
+        pd_fail(msg, PD_CANCELLED, "cancelled");
     int good = 0;
     for (int i = 0; i < N; i++) {
         ok[i] = pred[i] >= 0;

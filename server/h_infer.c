@@ -50,6 +50,7 @@ enum MHD_Result h_infer(struct req *r)
     j->image_len = r->len;
     j->done = on_done;
     j->ctx = r;
+    r->resume = h_infer_done;
     /* suspend first: the worker may finish before this function returns */
     r->state = S_WAITING;
     MHD_suspend_connection(r->conn);

@@ -69,6 +69,15 @@ enum MHD_Result h_metrics(struct req *r)
     if (n < sizeof(tail))
         n += (size_t)snprintf(tail + n, sizeof(tail) - n, "patchd_batch_size_count %llu\n",
                               (unsigned long long)es.batches);
+    int jc[PD_JOB_CANCELLED + 1];
+    pd_jobs_counts(s->jobs, jc);
+    if (n < sizeof(tail))
+        n += (size_t)snprintf(tail + n, sizeof(tail) - n,
+                              "# HELP patchd_jobs Training jobs by state.\n"
+                              "# TYPE patchd_jobs gauge\n");
+    for (int st = PD_JOB_QUEUED; st <= PD_JOB_CANCELLED && n < sizeof(tail); st++)
+        n += (size_t)snprintf(tail + n, sizeof(tail) - n, "patchd_jobs{state=\"%s\"} %d\n",
+                              pd_job_state_name((enum pd_job_state)st), jc[st]);
     size_t rl = req ? strlen(req) : 0;
     char *all = malloc(rl + n + 1);
     if (!all) {

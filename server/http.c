@@ -170,7 +170,15 @@ static void route(struct req *r, const char *url)
         r->route = R_METRICS;
     else if (!strcmp(url, "/infer"))
         r->route = R_INFER;
-    else if (!strcmp(url, "/tasks") || !strcmp(url, "/tasks/"))
+    else if (!strcmp(url, "/train"))
+        r->route = R_TRAIN;
+    else if (!strcmp(url, "/jobs") || !strcmp(url, "/jobs/"))
+        r->route = R_JOBS;
+    else if (!strncmp(url, "/jobs/", 6) && strlen(url + 6) < sizeof(r->job_id) &&
+             !strchr(url + 6, '/')) {
+        snprintf(r->job_id, sizeof(r->job_id), "%s", url + 6);
+        r->route = R_JOB;
+    } else if (!strcmp(url, "/tasks") || !strcmp(url, "/tasks/"))
         r->route = R_TASKS;
     else if (!strncmp(url, "/tasks/", 7)) {
         const char *name = url + 7, *slash = strchr(name, '/');
@@ -190,8 +198,8 @@ static void route(struct req *r, const char *url)
 
 static const char *route_name(enum route rt)
 {
-    static const char *const names[] = {"none",  "healthz", "readyz", "metrics", "infer",
-                                        "tasks", "task",    "patch",  "activate"};
+    static const char *const names[] = {"none", "healthz", "readyz",   "metrics", "infer", "tasks",
+                                        "task", "patch",   "activate", "train",   "jobs",  "job"};
     return names[rt];
 }
 
@@ -204,9 +212,13 @@ static const char *allowed(enum route rt)
     case R_METRICS:
     case R_TASKS:
     case R_TASK_PATCH:
+    case R_JOBS:
         return "GET";
+    case R_JOB:
+        return "GET, DELETE";
     case R_INFER:
     case R_TASK_ACTIVATE:
+    case R_TRAIN:
         return "POST";
     case R_TASK:
         return "GET, PUT, DELETE";
@@ -229,7 +241,8 @@ static int method_ok(const struct req *r, const char *method)
 
 static int needs_admin(const struct req *r)
 {
-    return (r->route == R_TASK && (r->is_put || r->is_delete)) || r->route == R_TASK_ACTIVATE;
+    return (r->route == R_TASK && (r->is_put || r->is_delete)) || r->route == R_TASK_ACTIVATE ||
+           r->route == R_TRAIN || (r->route == R_JOB && r->is_delete);
 }
 
 /* Multipart: the bytes of the (single) file part go to the body. */
@@ -345,6 +358,21 @@ static enum MHD_Result begin(struct req *r, const char *url, const char *method)
                                "'%.64s'",
                                ct ? ct : "");
         }
+    } else if (r->route == R_TRAIN) {
+        r->limit = r->srv->cfg.limits.archive_bytes;
+        if (type_is(ct, "multipart/form-data")) {
+            r->pp = MHD_create_post_processor(r->conn, POST_BUF, on_part, r);
+            if (!r->pp)
+                return reply_error(r, MHD_HTTP_BAD_REQUEST, "bad_multipart",
+                                   "cannot parse the multipart body");
+        } else if (!type_is(ct, "application/x-tar") && !type_is(ct, "application/gzip") &&
+                   !type_is(ct, "application/x-gzip") && !type_is(ct, "application/zip") &&
+                   !type_is(ct, "application/x-compressed-tar")) {
+            return reply_error(r, MHD_HTTP_UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type",
+                               "an archive is application/x-tar, application/gzip or "
+                               "application/zip, not '%.64s'",
+                               ct ? ct : "");
+        }
     } else if (r->route == R_TASK && r->is_put) {
         r->limit = r->srv->cfg.limits.patch_bytes;
         if (ct && !type_is(ct, "application/octet-stream") &&
@@ -386,6 +414,12 @@ static enum MHD_Result dispatch(struct req *r)
         return h_task_patch(r);
     case R_TASK_ACTIVATE:
         return h_task_activate(r);
+    case R_TRAIN:
+        return h_train(r);
+    case R_JOBS:
+        return h_jobs_list(r);
+    case R_JOB:
+        return r->is_delete ? h_job_delete(r) : h_job_get(r);
     default:
         return reply_error(r, MHD_HTTP_NOT_FOUND, "not_found", "no such endpoint");
     }
@@ -413,8 +447,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         atomic_fetch_add(&s->inflight, 1);
         return begin(r, url, method);
     }
-    if (r->state == S_DONE && r->route == R_INFER && r->job.done && !r->status)
-        return h_infer_done(r); /* resumed by a worker */
+    if (r->state == S_DONE && r->resume && !r->status)
+        return r->resume(r); /* resumed by the thread that did the work */
     if (r->state != S_BODY) {
         *upload_size = 0; /* already answered: discard the rest */
         return MHD_YES;

@@ -170,7 +170,8 @@ int main(int argc, char **argv)
         goto out;
     }
     s->metrics = pd_metrics_new();
-    if (!s->metrics || auth_init(s)) {
+    if (!s->metrics || auth_init(s) ||
+        pd_jobs_new(s->model, s->store, s->cache, s->cfg.limits.archive_bytes * 4, &s->jobs)) {
         fprintf(stderr, "patchd: out of memory\n");
         goto out;
     }
@@ -203,6 +204,7 @@ out:
     uv_loop_close(&loop);
     if (s->httpd)
         http_stop(s);
+    pd_jobs_free(s->jobs); /* cancels running jobs between steps */
     pd_engine_free(s->engine);
     pd_cache_free(s->cache);
     pd_store_close(s->store);

@@ -16,6 +16,7 @@
 
 #include "config.h"
 #include "engine.h"
+#include "jobs.h"
 #include "metrics.h"
 
 #include "../patches/cache.h"
@@ -31,6 +32,7 @@ struct pd_server {
     pd_store *store;
     pd_cache *cache;
     pd_engine *engine;
+    pd_jobs *jobs;
     pd_metrics *metrics;
     struct MHD_Daemon *httpd;
     uv_rwlock_t tenants_lock; /* guards cfg.tenants on SIGHUP */
@@ -51,6 +53,9 @@ enum route {
     R_TASK,
     R_TASK_PATCH,
     R_TASK_ACTIVATE,
+    R_TRAIN,
+    R_JOBS,
+    R_JOB,
 };
 
 enum req_state {
@@ -77,8 +82,12 @@ struct req {
     struct MHD_PostProcessor *pp;
     int file_parts;
     char part_key[64];
-    /* inference */
+    /* work handed to another thread; resume() answers when it is done */
+    enum MHD_Result (*resume)(struct req *r);
     struct pd_infer_job job;
+    char job_id[40]; /* /jobs/ID, or the new training job */
+    int train_err;
+    char train_msg[PD_MSG_MAX];
     /* access log */
     unsigned status;
     size_t resp_bytes;
@@ -108,6 +117,10 @@ enum MHD_Result h_task_put(struct req *r);
 enum MHD_Result h_task_delete(struct req *r);
 enum MHD_Result h_task_patch(struct req *r);
 enum MHD_Result h_task_activate(struct req *r);
+enum MHD_Result h_train(struct req *r);
+enum MHD_Result h_jobs_list(struct req *r);
+enum MHD_Result h_job_get(struct req *r);
+enum MHD_Result h_job_delete(struct req *r);
 enum MHD_Result h_healthz(struct req *r);
 enum MHD_Result h_readyz(struct req *r);
 enum MHD_Result h_metrics(struct req *r);
