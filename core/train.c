@@ -785,6 +785,10 @@ int pd_train(const pd_model *m, const struct pd_dataset *train, const struct pd_
         if (probe_w && probe_b) {
             memcpy(probe_w, t.hw, sizeof(float) * PD_FEATURES * K);
             memcpy(probe_b, t.hb, sizeof(float) * K);
+            if (o.no_probe_init) { /* plain fine-tuning: the head learns from zero */
+                memset(t.hw, 0, sizeof(float) * PD_FEATURES * K);
+                memset(t.hb, 0, sizeof(float) * K);
+            }
         } else {
             err = pd_fail(msg, PD_NOMEM, "out of memory");
         }
@@ -905,6 +909,7 @@ int pd_train(const pd_model *m, const struct pd_dataset *train, const struct pd_
             pr.epoch_done = 0;
         }
     }
+    res->train_seconds = epochs ? pd_now() - ts : 0;
     res->skipped = 0;
     for (int i = 0; bad && i < N; i++)
         res->skipped += bad[i];

@@ -72,7 +72,8 @@ struct pd_train_opts {
     int batch;   /* default 32 */
     int threads; /* default 2 */
     uint64_t seed;
-    double lr;                    /* default 1e-3 */
+    double lr;         /* default 1e-3 */
+    int no_probe_init; /* sb/sbdw: start the head at zero instead of the probe (plain FT) */
     const struct pd_params *base; /* sequential transfer: start from these layers (not head) */
     void (*progress)(void *ctx, const struct pd_train_progress *p);
     int (*cancelled)(void *ctx); /* non-zero stops at the next step with PD_CANCELLED */
@@ -82,7 +83,8 @@ struct pd_train_opts {
 struct pd_train_result {
     struct pd_params p; /* owned: the layers the kind trains, and the head */
     int epochs, steps, images, skipped;
-    double seconds;
+    double seconds;       /* everything */
+    double train_seconds; /* the fine-tuning epochs alone */
     double train_acc;     /* last epoch, augmented */
     double val_acc;       /* < 0 without a validation set */
     double probe_val_acc; /* < 0 without a validation set */

@@ -41,6 +41,7 @@ static const char usage[] =
     "      detect faces; one JSON line per image, boxes [x, y, w, h] in image pixels\n"
     "  train --data DIR|ARCHIVE --kind logits|sb|sbdw --out FILE [--val DIR] [--epochs N]\n"
     "        [--size S] [--batch B] [--seed N] [--base PATCH] [--threads T] [--lr LR]\n"
+    "        [--head-init probe|zero]\n"
     "      train a patch from class folders of JPEGs; progress on stderr, summary JSON on stdout\n"
     "  eval --patch FILE --data DIR|ARCHIVE [--threads T]\n"
     "      accuracy, per-class accuracy, confusion matrix and images/s as JSON\n"
@@ -709,6 +710,10 @@ static int cmd_train(int argc, char **argv)
             o.seed = (uint64_t)tmp;
         } else if (!strcmp(a, "--lr")) {
             bad = parse_float(v, 1e-7, 1.0, &o.lr);
+        } else if (!strcmp(a, "--head-init")) {
+            if (strcmp(v, "probe") && strcmp(v, "zero"))
+                return die_usage("train: --head-init '%s' is not probe or zero", v);
+            o.no_probe_init = !strcmp(v, "zero");
         } else
             return die_usage("train: unknown option '%s'", a);
         if (bad)
@@ -768,6 +773,7 @@ static int cmd_train(int argc, char **argv)
                                 (json_int_t)o.seed, "seconds", r.seconds, "date", date);
     json_object_set_new(summary, "train_accuracy", json_real(r.train_acc));
     json_object_set_new(summary, "probe_l2", json_real(r.probe_l2));
+    json_object_set_new(summary, "train_seconds", json_real(r.train_seconds));
     if (have_val) {
         json_object_set_new(summary, "val_accuracy", json_real(r.val_acc));
         json_object_set_new(summary, "probe_val_accuracy", json_real(r.probe_val_acc));
