@@ -8,7 +8,7 @@ set -euo pipefail
 pkgs=(
   build-essential meson ninja-build pkg-config
   libmicrohttpd-dev libjansson-dev libopenblas-dev libuv1-dev libjpeg62-turbo-dev
-  libarchive-dev libssl-dev libcmocka-dev
+  libarchive-dev libssl-dev libcmocka-dev clang libclang-rt-14-dev
   python3 python3-yaml systemd curl ca-certificates
 )
 command -v npm >/dev/null 2>&1 || pkgs+=(npm)

@@ -5,7 +5,8 @@
 #                               127.0.0.1:8080 (extra arguments go to patchd)
 #   deploy/quickstart.sh test   set up if needed, then run the test suite twice: in the normal
 #                               build (build/) and in an ASan+UBSan build (build-asan/); then the
-#                               concurrency tests in a ThreadSanitizer build (build-tsan/)
+#                               concurrency tests in a ThreadSanitizer build (build-tsan/) and
+#                               the fuzz targets' corpora (clang, libFuzzer; build-fuzz/)
 #
 # Both are idempotent: a second run only rebuilds what changed.
 set -euo pipefail
@@ -56,8 +57,13 @@ test)
   ninja -C build-tsan tests/test_patches_store
   OPENBLAS_NUM_THREADS=1 TSAN_OPTIONS=halt_on_error=1 \
     meson test -C build-tsan --print-errorlogs --no-rebuild patches/store || rc=1
+  # the fuzz targets (clang, libFuzzer, ASan+UBSan) replay their committed corpora
+  [ -f build-fuzz/build.ninja ] || CC=clang meson setup build-fuzz -Dfuzz=true \
+    -Db_sanitize=address,undefined -Db_lundef=false -Dbuildtype=debugoptimized
+  ninja -C build-fuzz
+  meson test -C build-fuzz --suite fuzz --print-errorlogs --no-rebuild || rc=1
   summary build/meson-logs/testlog.json build-asan/meson-logs/testlog.json \
-    build-tsan/meson-logs/testlog.json
+    build-tsan/meson-logs/testlog.json build-fuzz/meson-logs/testlog.json
   exit $rc
   ;;
 *)

@@ -237,7 +237,7 @@ static int cmd_detect(int argc, char **argv)
     const char *model = default_model();
     double min_score = PD_SSD_MIN_SCORE;
     int first = argc;
-    for (int i = 0; i < argc; i++) {
+    for (int i = 0; i < argc; i += 2) {
         if (!strcmp(argv[i], "--model") && i + 1 < argc) {
             model = argv[++i];
         } else if (!strcmp(argv[i], "--min-score") && i + 1 < argc) {
@@ -342,7 +342,6 @@ static int cmd_patch(int argc, char **argv)
                 return die_usage("patch new: --seed '%s' is not a non-negative integer", v);
         } else
             return die_usage("patch new: unknown option '%s'", a);
-        i++;
     }
     if (!labels || !out)
         return die_usage("patch new: %s", "--labels and --out are required");
@@ -680,7 +679,7 @@ static int cmd_train(int argc, char **argv)
     const char *model = default_model();
     struct pd_train_opts o = {0};
     o.seed = 1;
-    for (int i = 0; i < argc; i++) {
+    for (int i = 0; i < argc; i += 2) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         int bad = 0, tmp;
         if (!v)
@@ -718,7 +717,6 @@ static int cmd_train(int argc, char **argv)
             return die_usage("train: unknown option '%s'", a);
         if (bad)
             return die_usage("train: bad value for %s", a);
-        i++;
     }
     if (!data || !out || !kind)
         return die_usage("train: %s", "--data, --kind and --out are required");
@@ -836,7 +834,7 @@ static int cmd_eval(int argc, char **argv)
 {
     const char *patch = NULL, *data = NULL, *model = default_model();
     int threads = 2;
-    for (int i = 0; i < argc; i++) {
+    for (int i = 0; i < argc; i += 2) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!v)
             return die_usage("eval: option '%s' needs a value", a);
@@ -851,7 +849,6 @@ static int cmd_eval(int argc, char **argv)
                 return die_usage("eval: bad value for %s", a);
         } else
             return die_usage("eval: unknown option '%s'", a);
-        i++;
     }
     if (!patch || !data)
         return die_usage("eval: %s", "--patch and --data are required");
@@ -937,7 +934,7 @@ static int cmd_bench(int argc, char **argv)
 {
     const char *model = default_model(), *task = "classify";
     int size = 0, threads = 1, batch = 1, iters = 20;
-    for (int i = 0; i < argc; i++) {
+    for (int i = 0; i < argc; i += 2) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         int bad = 0;
         if (!v)
@@ -958,7 +955,6 @@ static int cmd_bench(int argc, char **argv)
             return die_usage("bench: unknown option '%s'", a);
         if (bad)
             return die_usage("bench: bad value for %s", a);
-        i++;
     }
     int faces = !strcmp(task, "faces");
     if (!faces && strcmp(task, "classify"))
