@@ -715,7 +715,7 @@ int pd_train(const pd_model *m, const struct pd_dataset *train, const struct pd_
     o.size = o.size ? o.size : 224;
     o.batch = o.batch ? o.batch : 32;
     o.threads = o.threads ? o.threads : 2;
-    o.lr = o.lr > 0 ? o.lr : 1e-3;
+    o.lr = o.lr > 0 ? o.lr : 3e-3;
     if (o.size < 32 || o.size > 512 || o.batch < 1 || o.batch > 256 || o.threads < 1 ||
         o.threads > MAX_THREAD || o.epochs < 0 || o.epochs > 10000)
         return pd_fail(msg, PD_RANGE, "size, batch, threads or epochs out of range");
