@@ -10,9 +10,9 @@
  *   sbdw    sb plus the depthwise kernels.
  * sb and sbdw are LP-FT: the head starts from the converged probe, then everything trains
  * together with Adam (warm-up, cosine decay), minibatches with random crops (60-100% of each
- * side) and horizontal flips, cross-entropy loss. When a validation set is given and the probe
- * scores higher on it than the fine-tuned patch, the probe is returned (probe_only): a trained
- * patch is never worse than the best logits-only head.
+ * side) and horizontal flips, cross-entropy loss, peak learning rate 3e-3. When a validation set is
+ * given and the probe scores higher on it than the fine-tuned patch, the probe is returned
+ * (probe_only): a trained patch is never worse than the best logits-only head.
  *
  * Default schedule: 5 epochs, or more on small sets so that at least PD_TRAIN_MIN_STEPS
  * optimisation steps run. Deterministic for a given seed: shuffling and augmentation draw from
@@ -72,7 +72,7 @@ struct pd_train_opts {
     int batch;   /* default 32 */
     int threads; /* default 2 */
     uint64_t seed;
-    double lr;         /* default 1e-3 */
+    double lr;         /* peak learning rate; default 3e-3 */
     int no_probe_init; /* sb/sbdw: start the head at zero instead of the probe (plain FT) */
     const struct pd_params *base; /* sequential transfer: start from these layers (not head) */
     void (*progress)(void *ctx, const struct pd_train_progress *p);
