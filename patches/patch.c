@@ -1,6 +1,7 @@
 #include "patch.h"
 
 #include "../core/st.h"
+#include "../core/train.h"
 
 #include <jansson.h>
 #include <math.h>
@@ -108,7 +109,8 @@ static int build(pd_patch *p, const pd_model *m, const struct pd_patch_spec *s, 
     p->spec.kind = s->kind;
     p->spec.size = s->size ? s->size : 224;
     if (p->spec.size < 32 || p->spec.size > PD_PATCH_MAX_SIZE)
-        return pd_fail(msg, PD_FORMAT, "input_size %d is outside 32..%d", p->spec.size, PD_PATCH_MAX_SIZE);
+        return pd_fail(msg, PD_FORMAT, "input_size %d is outside 32..%d", p->spec.size,
+                       PD_PATCH_MAX_SIZE);
     if (s->kind == PD_PATCH_CLASSIFY) {
         if (!s->head_w || !s->head_b)
             return pd_fail(msg, PD_FORMAT,
@@ -312,8 +314,8 @@ static int parse_spec(const pd_model *m, const pd_st *st, struct pd_patch_spec *
         char *end;
         long v = strtol(size, &end, 10);
         if (!*size || *end || v < 32 || v > PD_PATCH_MAX_SIZE)
-            return pd_fail(msg, PD_FORMAT, "input_size '%.16s' is not an integer in 32..%d",
-                           size, PD_PATCH_MAX_SIZE);
+            return pd_fail(msg, PD_FORMAT, "input_size '%.16s' is not an integer in 32..%d", size,
+                           PD_PATCH_MAX_SIZE);
         s->size = (int)v;
     }
     const char *parts = pd_st_meta(st, "parts");
@@ -470,6 +472,35 @@ int pd_patch_new_identity(const pd_model *m, const char *const *labels, int ncla
     int err = pd_patch_build(m, &s, out, msg);
     free(w);
     free(b);
+    return err;
+}
+
+int pd_patch_from_params(const pd_model *m, const struct pd_params *params,
+                         const char *const *labels, int nclass, int size, const char *training,
+                         uint8_t **out, size_t *len, int64_t *nparams, char *msg)
+{
+    struct pd_patch_spec sp;
+    memset(&sp, 0, sizeof(sp));
+    sp.kind = PD_PATCH_CLASSIFY;
+    sp.size = size;
+    sp.nclass = nclass;
+    sp.labels = labels;
+    for (int l = 0; l < PD_NLAYERS; l++) {
+        sp.scale[l] = params->scale[l];
+        sp.bias[l] = params->bias[l];
+        sp.kernel[l] = params->kernel[l];
+    }
+    sp.head_w = params->head_w;
+    sp.head_b = params->head_b;
+    sp.training = training;
+    pd_patch *p;
+    int err = pd_patch_build(m, &sp, &p, msg);
+    if (err)
+        return err;
+    if (nparams)
+        *nparams = pd_patch_params(p);
+    err = pd_patch_serialize(p, out, len, msg);
+    pd_patch_unref(p);
     return err;
 }
 

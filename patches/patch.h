@@ -90,6 +90,17 @@ int pd_patch_load(const pd_model *m, const char *path, pd_patch **out, char *msg
 int pd_patch_new_identity(const pd_model *m, const char *const *labels, int nclass, int size,
                           uint64_t seed, pd_patch **out, char *msg);
 
+/*
+ * A classification patch file from trained raw parameters (params as struct pd_params in
+ * core/train.h: scale/bias/kernel per layer, head), the labels, the input side and a training
+ * summary (JSON object text, may be NULL): built, validated and serialised into a new buffer
+ * (caller frees). *nparams receives the trainable parameter count when not NULL.
+ */
+struct pd_params;
+int pd_patch_from_params(const pd_model *m, const struct pd_params *params,
+                         const char *const *labels, int nclass, int size, const char *training,
+                         uint8_t **out, size_t *len, int64_t *nparams, char *msg);
+
 /* Serialises to a safetensors image (new buffer, caller frees). Deterministic. */
 int pd_patch_serialize(const pd_patch *p, uint8_t **out, size_t *len, char *msg);
 

@@ -62,22 +62,31 @@ static enum MHD_Result send_response(struct req *r, unsigned status, const char 
     return ret;
 }
 
+/* JSON text with a final newline (new string; NULL on out of memory). Steals o. */
+static char *dumps_nl(json_t *o, size_t *n)
+{
+    char *s = o ? json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(7)) : NULL;
+    json_decref(o);
+    if (!s)
+        return NULL;
+    *n = strlen(s);
+    char *t = realloc(s, *n + 2);
+    if (!t)
+        return s;
+    t[(*n)++] = '\n';
+    t[*n] = '\0';
+    return t;
+}
+
 enum MHD_Result reply_json(struct req *r, unsigned status, json_t *body)
 {
-    char *s = body ? json_dumps(body, JSON_COMPACT | JSON_REAL_PRECISION(7)) : NULL;
-    json_decref(body);
+    size_t n;
+    char *s = dumps_nl(body, &n);
     if (!s)
         return send_response(
             r, MHD_HTTP_SERVICE_UNAVAILABLE, "application/json",
             (void *)"{\"error\":{\"code\":\"out_of_memory\",\"message\":\"out of memory\"}}\n", 61,
             MHD_RESPMEM_PERSISTENT, NULL);
-    size_t n = strlen(s);
-    char *t = realloc(s, n + 2);
-    if (t) {
-        s = t;
-        s[n++] = '\n';
-        s[n] = '\0';
-    }
     return send_response(r, status, "application/json", s, n, MHD_RESPMEM_MUST_FREE, NULL);
 }
 
@@ -86,18 +95,10 @@ static enum MHD_Result verror(struct req *r, unsigned status, const char *code,
 {
     char msg[512];
     vsnprintf(msg, sizeof(msg), fmt, ap);
-    json_t *o = json_pack("{s:{s:s, s:s}}", "error", "code", code, "message", msg);
-    char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
-    json_decref(o);
+    size_t n;
+    char *s = dumps_nl(json_pack("{s:{s:s, s:s}}", "error", "code", code, "message", msg), &n);
     if (!s)
         return MHD_NO;
-    size_t n = strlen(s);
-    char *t = realloc(s, n + 2);
-    if (t) {
-        s = t;
-        s[n++] = '\n';
-        s[n] = '\0';
-    }
     return send_response(r, status, "application/json", s, n, MHD_RESPMEM_MUST_FREE, retry_after);
 }
 

@@ -138,28 +138,10 @@ static int run_training(struct job *jb, char *msg)
         json_object_set_new(sum, "base", json_string(jb->spec.base));
     char *training = json_dumps(sum, JSON_COMPACT | JSON_REAL_PRECISION(6));
     json_decref(sum);
-    struct pd_patch_spec sp;
-    memset(&sp, 0, sizeof(sp));
-    sp.kind = PD_PATCH_CLASSIFY;
-    sp.size = 224;
-    sp.nclass = jb->data.nclass;
-    sp.labels = (const char *const *)jb->data.labels;
-    for (int l = 0; l < PD_NLAYERS; l++) {
-        sp.scale[l] = r.p.scale[l];
-        sp.bias[l] = r.p.bias[l];
-        sp.kernel[l] = r.p.kernel[l];
-    }
-    sp.head_w = r.p.head_w;
-    sp.head_b = r.p.head_b;
-    sp.training = training;
-    pd_patch *p;
     uint8_t *buf = NULL;
     size_t len = 0;
-    err = pd_patch_build(J->m, &sp, &p, msg);
-    if (!err) {
-        err = pd_patch_serialize(p, &buf, &len, msg);
-        pd_patch_unref(p);
-    }
+    err = pd_patch_from_params(J->m, &r.p, (const char *const *)jb->data.labels, jb->data.nclass,
+                               224, training, &buf, &len, NULL, msg);
     if (!err && is_cancelled(jb))
         err = pd_fail(msg, PD_CANCELLED, "cancelled");
     if (!err)

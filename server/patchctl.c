@@ -780,29 +780,12 @@ static int cmd_train(int argc, char **argv)
     if (base)
         json_object_set_new(summary, "base", json_string(base));
     char *training = json_dumps(summary, JSON_COMPACT | JSON_REAL_PRECISION(6));
-    struct pd_patch_spec sp;
-    memset(&sp, 0, sizeof(sp));
-    sp.kind = PD_PATCH_CLASSIFY;
-    sp.size = o.size ? o.size : 224;
-    sp.nclass = ds.nclass;
-    sp.labels = (const char *const *)ds.labels;
-    for (int l = 0; l < PD_NLAYERS; l++) {
-        sp.scale[l] = r.p.scale[l];
-        sp.bias[l] = r.p.bias[l];
-        sp.kernel[l] = r.p.kernel[l];
-    }
-    sp.head_w = r.p.head_w;
-    sp.head_b = r.p.head_b;
-    sp.training = training;
-    pd_patch *p;
     uint8_t *buf = NULL;
     size_t len = 0;
-    int err = pd_patch_build(m, &sp, &p, msg);
-    if (!err) {
-        err = pd_patch_serialize(p, &buf, &len, msg);
-        json_object_set_new(summary, "trainable_parameters", json_integer(pd_patch_params(p)));
-        pd_patch_unref(p);
-    }
+    int64_t nparams = 0;
+    int err = pd_patch_from_params(m, &r.p, (const char *const *)ds.labels, ds.nclass,
+                                   o.size ? o.size : 224, training, &buf, &len, &nparams, msg);
+    json_object_set_new(summary, "trainable_parameters", json_integer(nparams));
     if (!err) {
         struct pd_iovec part = {buf, len};
         err = pd_write_atomic(out, &part, 1, msg);
