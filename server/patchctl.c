@@ -237,7 +237,7 @@ static int cmd_detect(int argc, char **argv)
     const char *model = default_model();
     double min_score = PD_SSD_MIN_SCORE;
     int first = argc;
-    for (int i = 0; i < argc; i += 2) {
+    for (int i = 0; i < argc; i++) {
         if (!strcmp(argv[i], "--model") && i + 1 < argc) {
             model = argv[++i];
         } else if (!strcmp(argv[i], "--min-score") && i + 1 < argc) {
@@ -324,7 +324,7 @@ static int cmd_patch(int argc, char **argv)
         return die_usage("patch: %s", "expects 'new'");
     const char *labels = NULL, *out = NULL, *model = default_model();
     int size = 224, seed = 1;
-    for (int i = 1; i < argc; i++) {
+    for (int i = 1; i < argc; i += 2) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!v)
             return die_usage("patch new: option '%s' needs a value", a);
