@@ -175,10 +175,16 @@ static void route(struct req *r, const char *url)
         r->route = R_TRAIN;
     else if (!strcmp(url, "/jobs") || !strcmp(url, "/jobs/"))
         r->route = R_JOBS;
-    else if (!strncmp(url, "/jobs/", 6) && strlen(url + 6) < sizeof(r->job_id) &&
-             !strchr(url + 6, '/')) {
-        snprintf(r->job_id, sizeof(r->job_id), "%s", url + 6);
-        r->route = R_JOB;
+    else if (!strncmp(url, "/jobs/", 6)) {
+        /* one path segment: the job's id */
+        size_t n = 0;
+        while (n < sizeof(r->job_id) && url[6 + n] && url[6 + n] != '/')
+            n++;
+        if (n > 0 && n < sizeof(r->job_id) && url[6 + n] == '\0') {
+            memcpy(r->job_id, url + 6, n);
+            r->job_id[n] = '\0';
+            r->route = R_JOB;
+        }
     } else if (!strcmp(url, "/tasks") || !strcmp(url, "/tasks/"))
         r->route = R_TASKS;
     else if (!strncmp(url, "/tasks/", 7)) {
