@@ -97,6 +97,37 @@ static int add_image(struct pd_dataset *ds, int *cap, const char *path, int labe
     return PD_OK;
 }
 
+/* The JPEG files of dir, sorted (new array of new strings; free both). -1 when dir cannot be
+ * opened. The order is the name order, so data sets read the same way every time. */
+static int list_jpegs(const char *dir, char ***out)
+{
+    *out = NULL;
+    DIR *d = opendir(dir);
+    if (!d)
+        return -1;
+    char **files = NULL;
+    int nf = 0, fc = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] == '.' || !is_jpeg_name(e->d_name))
+            continue;
+        if (nf == fc) {
+            fc = fc ? 2 * fc : 64;
+            char **nfp = realloc(files, sizeof(char *) * (size_t)fc);
+            if (!nfp)
+                break;
+            files = nfp;
+        }
+        if ((files[nf] = strdup(e->d_name)))
+            nf++;
+    }
+    closedir(d);
+    if (nf)
+        qsort(files, (size_t)nf, sizeof(char *), cmp_str);
+    *out = files;
+    return nf;
+}
+
 /* Reads the JPEGs of root/CLASS for each class already in ds->labels. */
 static int scan_classes(struct pd_dataset *ds, const char *root, char *msg)
 {
@@ -104,30 +135,14 @@ static int scan_classes(struct pd_dataset *ds, const char *root, char *msg)
     char path[4096];
     for (int c = 0; c < ds->nclass; c++) {
         snprintf(path, sizeof(path), "%s/%s", root, ds->labels[c]);
-        DIR *d = opendir(path);
-        if (!d)
+        char **files;
+        int nf = list_jpegs(path, &files);
+        if (nf < 0)
             return pd_fail(msg, PD_IO, "%s: %s", path, strerror(errno));
-        char **files = NULL;
-        int nf = 0, fc = 0;
-        struct dirent *e;
-        while ((e = readdir(d))) {
-            if (e->d_name[0] == '.' || !is_jpeg_name(e->d_name))
-                continue;
-            if (nf == fc) {
-                fc = fc ? 2 * fc : 64;
-                char **nfp = realloc(files, sizeof(char *) * (size_t)fc);
-                if (!nfp)
-                    break;
-                files = nfp;
-            }
-            files[nf++] = strdup(e->d_name);
-        }
-        closedir(d);
         if (nf == 0) {
             free(files);
             return pd_fail(msg, PD_FORMAT, "class '%s' has no images", ds->labels[c]);
         }
-        qsort(files, (size_t)nf, sizeof(char *), cmp_str); /* deterministic order */
         int err = PD_OK;
         for (int i = 0; i < nf; i++) {
             snprintf(path, sizeof(path), "%s/%s/%s", root, ds->labels[c], files[i]);
@@ -320,25 +335,8 @@ static int extract(struct archive *a, uint64_t max_bytes, struct pd_dataset *ds,
         while (seen[first] != ds->labels[c])
             first++;
         snprintf(path, sizeof(path), "%s/%d", ds->tmpdir, first);
-        DIR *d = opendir(path);
-        struct dirent *e;
-        char **files = NULL;
-        int nf = 0, fc = 0;
-        while (d && (e = readdir(d))) {
-            if (e->d_name[0] == '.')
-                continue;
-            if (nf == fc) {
-                fc = fc ? 2 * fc : 64;
-                char **nfp = realloc(files, sizeof(char *) * (size_t)fc);
-                if (!nfp)
-                    break;
-                files = nfp;
-            }
-            files[nf++] = strdup(e->d_name);
-        }
-        if (d)
-            closedir(d);
-        qsort(files, (size_t)nf, sizeof(char *), cmp_str);
+        char **files;
+        int nf = list_jpegs(path, &files);
         for (int i = 0; i < nf; i++) {
             char fp[4200];
             snprintf(fp, sizeof(fp), "%s/%s", path, files[i]);

@@ -252,43 +252,7 @@ static int needs_admin(const struct req *r)
            r->route == R_TRAIN || (r->route == R_JOB && r->is_delete);
 }
 
-/* Multipart: the bytes of the (single) file part go to the body. */
-static enum MHD_Result on_part(void *cls, enum MHD_ValueKind kind, const char *key,
-                               const char *filename, const char *content_type,
-                               const char *transfer_encoding, const char *data, uint64_t off,
-                               size_t size)
-{
-    (void)kind, (void)content_type, (void)transfer_encoding;
-    struct req *r = cls;
-    if (!filename)
-        return MHD_YES; /* a plain form field: ignored */
-    if (off == 0 && (r->file_parts == 0 || strcmp(r->part_key, key ? key : ""))) {
-        r->file_parts++;
-        snprintf(r->part_key, sizeof(r->part_key), "%s", key ? key : "");
-    }
-    if (r->file_parts > 1)
-        return MHD_YES;
-    if (r->len + size > r->limit) {
-        r->too_big = 1;
-        return MHD_YES;
-    }
-    if (r->len + size > r->cap) {
-        size_t cap = r->cap ? r->cap : 65536;
-        while (cap < r->len + size)
-            cap *= 2;
-        uint8_t *nb = realloc(r->body, cap);
-        if (!nb) {
-            r->too_big = 1;
-            return MHD_YES;
-        }
-        r->body = nb;
-        r->cap = cap;
-    }
-    memcpy(r->body + r->len, data, size);
-    r->len += size;
-    return MHD_YES;
-}
-
+/* Appends to the request body, up to its limit (beyond it the body is marked too big). */
 static void append(struct req *r, const char *data, size_t size)
 {
     if (r->too_big || r->len + size > r->limit) {
@@ -311,6 +275,26 @@ static void append(struct req *r, const char *data, size_t size)
     }
     memcpy(r->body + r->len, data, size);
     r->len += size;
+}
+
+/* Multipart: the bytes of the (single) file part go to the body. */
+static enum MHD_Result on_part(void *cls, enum MHD_ValueKind kind, const char *key,
+                               const char *filename, const char *content_type,
+                               const char *transfer_encoding, const char *data, uint64_t off,
+                               size_t size)
+{
+    (void)kind, (void)content_type, (void)transfer_encoding;
+    struct req *r = cls;
+    if (!filename)
+        return MHD_YES; /* a plain form field: ignored */
+    if (off == 0 && (r->file_parts == 0 || strcmp(r->part_key, key ? key : ""))) {
+        r->file_parts++;
+        snprintf(r->part_key, sizeof(r->part_key), "%s", key ? key : "");
+    }
+    if (r->file_parts > 1)
+        return MHD_YES;
+    append(r, data, size);
+    return MHD_YES;
 }
 
 static int type_is(const char *ct, const char *want)
