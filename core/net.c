@@ -390,14 +390,31 @@ static float *backbone(pd_net *net, int n, int size, const float *in,
             net->dw[i] = t && t->dw[l] ? t->dw[l] : m->w[l];
         }
         float *y = net->buf[cur];
-        if (l == 0)
-            pd_op_conv(x, n, h, h, 3, m->w[0], 3, 2, li->cout, net->sc, net->bi, PD_ACT_RELU6, y,
-                       net->col);
-        else if (pd_layer_is_dw(l))
+        const int ho = pd_same_out(h, li->stride);
+        if (pd_layer_is_dw(l)) {
             pd_op_dw(x, n, h, h, li->cin, net->dw, li->stride, net->sc, net->bi, PD_ACT_RELU6, y);
-        else
-            pd_op_pw(x, n, h, h, li->cin, m->w[l], li->cout, net->sc, net->bi, PD_ACT_RELU6, y);
-        h = pd_same_out(h, li->stride);
+        } else {
+            /* one GEMM per run of samples sharing the weights: the whole batch unless a `full`
+             * patch brings its own */
+            for (int i = 0, j; i < n; i = j) {
+                const struct pd_task *t = tasks ? tasks[i] : NULL;
+                const float *wt = t && t->w[l] ? t->w[l] : m->w[l];
+                for (j = i + 1; j < n; j++) {
+                    const struct pd_task *u = tasks ? tasks[j] : NULL;
+                    if ((u && u->w[l] ? u->w[l] : m->w[l]) != wt)
+                        break;
+                }
+                const float *xi = x + (size_t)i * h * h * li->cin;
+                float *yi = y + (size_t)i * ho * ho * li->cout;
+                if (l == 0)
+                    pd_op_conv(xi, j - i, h, h, 3, wt, 3, 2, li->cout, net->sc + i, net->bi + i,
+                               PD_ACT_RELU6, yi, net->col);
+                else
+                    pd_op_pw(xi, j - i, h, h, li->cin, wt, li->cout, net->sc + i, net->bi + i,
+                             PD_ACT_RELU6, yi);
+            }
+        }
+        h = ho;
         x = y;
         cur ^= 1;
         if (l == pd_layer_pw(11) && at11)

@@ -19,9 +19,12 @@
  * Patch hooks. The 27 backbone layers are numbered 0 (conv0), 2i-1 (dw i) and 2i (pw i). Each
  * computes y = relu6(scale * conv(x) + bias) per channel. For the backbone, pointwise layers have
  * scale 1 and bias = the folded offset; depthwise layers have scale = gamma / sqrt(var + eps) and
- * bias = beta - mean * scale. A task (struct pd_task) may replace any layer's scale and bias and
- * any depthwise kernel; pd_model_fold_bn turns a task's depthwise gamma/beta into scale/bias
- * with the backbone's frozen moving statistics. The task never copies the backbone.
+ * bias = beta - mean * scale. A task (struct pd_task) may replace any layer's scale and bias, any
+ * depthwise kernel and (the `full` kind) the weights of conv0 and the pointwise layers; a batch
+ * whose samples carry different pointwise weights runs one GEMM per run of equal weights, so such
+ * tasks lose the cross-task batching the others get. pd_model_fold_bn turns a task's depthwise
+ * gamma/beta into scale/bias with the backbone's frozen moving statistics. The task never copies
+ * the backbone.
  */
 #ifndef PD_NET_H
 #define PD_NET_H
@@ -97,6 +100,7 @@ struct pd_task {
     const float *scale[PD_NLAYERS]; /* (cout) of layer l */
     const float *bias[PD_NLAYERS];  /* (cout) of layer l */
     const float *dw[PD_NLAYERS];    /* (3, 3, C), depthwise layers only */
+    const float *w[PD_NLAYERS];     /* conv0 (3, 3, 3, 32) and pwN (Cin, Cout) weights */
     int nclass;                     /* classes of the head; 0 = detection */
     const float *head_w;            /* (PD_FEATURES, nclass) */
     const float *head_b;            /* (nclass) */

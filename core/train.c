@@ -17,13 +17,13 @@
 
 const char *pd_train_kind_name(enum pd_train_kind k)
 {
-    static const char *const n[] = {"logits", "sb", "sbdw"};
+    static const char *const n[] = {"logits", "sb", "sbdw", "full"};
     return n[k];
 }
 
 int pd_train_kind_parse(const char *s)
 {
-    for (int k = 0; k <= PD_TRAIN_SBDW; k++)
+    for (int k = 0; k <= PD_TRAIN_FULL; k++)
         if (!strcmp(s, pd_train_kind_name((enum pd_train_kind)k)))
             return k;
     return -1;
@@ -35,6 +35,7 @@ void pd_params_free(struct pd_params *p)
         free(p->scale[l]);
         free(p->bias[l]);
         free(p->kernel[l]);
+        free(p->weight[l]);
     }
     free(p->head_w);
     free(p->head_b);
@@ -338,7 +339,7 @@ struct worker {
     float *a, *b, *c, *col;                 /* activation-sized scratch, im2col */
     float *feat, *dlog;                     /* (MICRO, 1024), (MICRO, K) */
     float *gs[PD_NLAYERS], *gb[PD_NLAYERS]; /* effective scale/bias gradients */
-    float *gk[PD_NLAYERS], *ghw, *ghb;
+    float *gk[PD_NLAYERS], *gw[PD_NLAYERS], *ghw, *ghb;
     /* this step */
     const float *in;
     const int *y;
@@ -354,8 +355,10 @@ struct trainer {
     float *s[PD_NLAYERS], *b[PD_NLAYERS], *k[PD_NLAYERS], *hw, *hb;
     float *ms[PD_NLAYERS], *vs[PD_NLAYERS], *mb[PD_NLAYERS], *vb[PD_NLAYERS];
     float *mk[PD_NLAYERS], *vk[PD_NLAYERS], *mhw, *vhw, *mhb, *vhb;
+    float *wt[PD_NLAYERS], *mw[PD_NLAYERS], *vw[PD_NLAYERS]; /* conv0/pointwise weights (full) */
     float *es[PD_NLAYERS], *eb[PD_NLAYERS]; /* effective scale/bias for the forward pass */
     const float *kern[PD_NLAYERS];          /* kernels for the forward pass */
+    const float *wts[PD_NLAYERS];           /* conv0/pointwise weights for the forward pass */
     float *ones, *zeros;
     size_t act_max; /* floats of the largest activation of one image */
     int side[PD_NLAYERS + 1];
@@ -371,6 +374,7 @@ static void refresh_effective(struct trainer *t)
             memcpy(t->es[l], t->s[l], sizeof(float) * (size_t)pd_layer_info(l)->cout),
                 memcpy(t->eb[l], t->b[l], sizeof(float) * (size_t)pd_layer_info(l)->cout);
         t->kern[l] = t->k[l] ? t->k[l] : pd_model_dw(t->m, l);
+        t->wts[l] = t->wt[l] ? t->wt[l] : pd_model_weights(t->m, l);
     }
 }
 
@@ -392,16 +396,15 @@ static void worker_step(void *arg)
             const struct pd_layer_info *li = pd_layer_info(l);
             float *z = w->z[l];
             if (l == 0)
-                pd_op_conv(x, n, h, h, 3, pd_model_weights(t->m, 0), 3, 2, li->cout, ones, zeros,
-                           PD_ACT_NONE, z, w->col);
+                pd_op_conv(x, n, h, h, 3, t->wts[0], 3, 2, li->cout, ones, zeros, PD_ACT_NONE, z,
+                           w->col);
             else if (pd_layer_is_dw(l)) {
                 const float *kk[MICRO];
                 for (int i = 0; i < n; i++)
                     kk[i] = t->kern[l];
                 pd_op_dw(x, n, h, h, li->cin, kk, li->stride, ones, zeros, PD_ACT_NONE, z);
             } else
-                pd_op_pw(x, n, h, h, li->cin, pd_model_weights(t->m, l), li->cout, ones, zeros,
-                         PD_ACT_NONE, z);
+                pd_op_pw(x, n, h, h, li->cin, t->wts[l], li->cout, ones, zeros, PD_ACT_NONE, z);
             h = t->side[l + 1];
             float *y = ybuf[l % 2];
             size_t rows = (size_t)n * h * h;
@@ -461,25 +464,27 @@ static void worker_step(void *arg)
             size_t rows = (size_t)n * ho * ho;
             pd_scale_bias_act_backward(w->z[l], dy, rows, li->cout, t->es[l], t->eb[l],
                                        PD_ACT_RELU6, dy, w->gs[l], w->gb[l]);
-            if (l == 0)
+            if (l == 0) {
+                if (w->gw[0])
+                    pd_op_conv_backward_w(w->in + (size_t)at * S * S * 3, n, S, S, 3, 3, 2,
+                                          li->cout, dy, w->gw[0], w->col);
                 break;
-            if (pd_layer_is_dw(l)) {
-                float *gk = t->kind == PD_TRAIN_SBDW ? w->gk[l] : NULL;
-                if (gk) { /* the kernel gradient needs the layer's input */
-                    const struct pd_layer_info *lp = pd_layer_info(l - 1);
-                    size_t prow = (size_t)n * hi * hi;
-                    memcpy(xprev, w->z[l - 1], sizeof(float) * prow * lp->cout);
-                    pd_scale_bias_act(xprev, prow, lp->cout, t->es[l - 1], t->eb[l - 1],
-                                      PD_ACT_RELU6);
-                }
+            }
+            float *gk = pd_layer_is_dw(l) ? w->gk[l] : w->gw[l];
+            if (gk) { /* the kernel or weight gradient needs the layer's input */
+                const struct pd_layer_info *lp = pd_layer_info(l - 1);
+                size_t prow = (size_t)n * hi * hi;
+                memcpy(xprev, w->z[l - 1], sizeof(float) * prow * lp->cout);
+                pd_scale_bias_act(xprev, prow, lp->cout, t->es[l - 1], t->eb[l - 1], PD_ACT_RELU6);
+            }
+            if (pd_layer_is_dw(l))
                 for (int i = 0; i < n; i++)
                     pd_op_dw_backward(xprev + (size_t)i * hi * hi * li->cin, hi, hi, li->cin,
                                       t->kern[l], li->stride, dy + (size_t)i * ho * ho * li->cout,
                                       dx + (size_t)i * hi * hi * li->cin, gk);
-            } else {
-                pd_op_pw_backward(NULL, n * hi * hi, li->cin, pd_model_weights(t->m, l), li->cout,
-                                  dy, dx, NULL);
-            }
+            else
+                pd_op_pw_backward(gk ? xprev : NULL, n * hi * hi, li->cin, t->wts[l], li->cout, dy,
+                                  dx, gk);
             float *tmp = dy;
             dy = dx;
             dx = tmp;
@@ -499,14 +504,14 @@ static void trainer_free(struct trainer *t)
     for (int l = 0; l < PD_NLAYERS; l++) {
         free(t->s[l]), free(t->b[l]), free(t->k[l]), free(t->ms[l]), free(t->vs[l]);
         free(t->mb[l]), free(t->vb[l]), free(t->mk[l]), free(t->vk[l]), free(t->es[l]);
-        free(t->eb[l]);
+        free(t->eb[l]), free(t->wt[l]), free(t->mw[l]), free(t->vw[l]);
     }
     free(t->hw), free(t->hb), free(t->mhw), free(t->vhw), free(t->mhb), free(t->vhb);
     free(t->ones), free(t->zeros);
     for (int i = 0; i < t->T; i++) {
         struct worker *w = &t->w[i];
         for (int l = 0; l < PD_NLAYERS; l++)
-            free(w->z[l]), free(w->gs[l]), free(w->gb[l]), free(w->gk[l]);
+            free(w->z[l]), free(w->gs[l]), free(w->gb[l]), free(w->gk[l]), free(w->gw[l]);
         free(w->a), free(w->b), free(w->c), free(w->col), free(w->feat), free(w->dlog);
         free(w->ghw), free(w->ghb);
     }
@@ -549,9 +554,14 @@ static int trainer_init(struct trainer *t, const pd_model *m, const struct pd_tr
         t->eb[l] = zalloc(c, &fail);
         t->ms[l] = zalloc(c, &fail), t->vs[l] = zalloc(c, &fail);
         t->mb[l] = zalloc(c, &fail), t->vb[l] = zalloc(c, &fail);
-        if (dw && (o->kind == PD_TRAIN_SBDW || (base && base->kernel[l]))) {
+        if (dw && (o->kind >= PD_TRAIN_SBDW || (base && base->kernel[l]))) {
             t->k[l] = dup_or(base ? base->kernel[l] : NULL, pd_model_dw(m, l), 9 * c, &fail);
             t->mk[l] = zalloc(9 * c, &fail), t->vk[l] = zalloc(9 * c, &fail);
+        }
+        if (!dw && (o->kind == PD_TRAIN_FULL || (base && base->weight[l]))) {
+            size_t nw = (size_t)li->k * li->k * li->cin * c;
+            t->wt[l] = dup_or(base ? base->weight[l] : NULL, pd_model_weights(m, l), nw, &fail);
+            t->mw[l] = zalloc(nw, &fail), t->vw[l] = zalloc(nw, &fail);
         }
     }
     size_t nw = (size_t)PD_FEATURES * K;
@@ -570,8 +580,12 @@ static int trainer_init(struct trainer *t, const pd_model *m, const struct pd_tr
             size_t c = (size_t)pd_layer_info(l)->cout;
             w->z[l] = zalloc((size_t)MICRO * t->side[l + 1] * t->side[l + 1] * c, &fail);
             w->gs[l] = zalloc(c, &fail), w->gb[l] = zalloc(c, &fail);
-            if (t->k[l])
+            if (t->k[l] && t->kind >= PD_TRAIN_SBDW)
                 w->gk[l] = zalloc(9 * c, &fail);
+            if (t->wt[l] && t->kind == PD_TRAIN_FULL)
+                w->gw[l] = zalloc((size_t)pd_layer_info(l)->k * pd_layer_info(l)->k *
+                                      pd_layer_info(l)->cin * c,
+                                  &fail);
         }
         w->a = zalloc(MICRO * t->act_max, &fail);
         w->b = zalloc(MICRO * t->act_max, &fail);
@@ -601,7 +615,8 @@ static void optimise(struct trainer *t, double lr, int step)
 {
     const int K = t->K;
     size_t nw = (size_t)PD_FEATURES * K;
-    float *g = pd_alloc_floats(nw > 9 * PD_FEATURES ? nw : 9 * PD_FEATURES);
+    size_t most = (size_t)PD_FEATURES * PD_FEATURES; /* pw13's weights, the largest tensor */
+    float *g = pd_alloc_floats(nw > most ? nw : most);
     float *gb = pd_alloc_floats(PD_FEATURES);
 #define REDUCE(field, len)                                                                         \
     do {                                                                                           \
@@ -631,9 +646,15 @@ static void optimise(struct trainer *t, double lr, int step)
         }
         adam(t->s[l], t->ms[l], t->vs[l], g, c, lr, step);
         adam(t->b[l], t->mb[l], t->vb[l], gb, c, lr, step);
-        if (t->k[l] && t->kind == PD_TRAIN_SBDW) {
+        if (t->w[0].gk[l]) {
             REDUCE(gk[l], 9 * c);
             adam(t->k[l], t->mk[l], t->vk[l], g, 9 * c, lr, step);
+        }
+        if (t->w[0].gw[l]) {
+            const struct pd_layer_info *li = pd_layer_info(l);
+            size_t nwl = (size_t)li->k * li->k * li->cin * c;
+            REDUCE(gw[l], nwl);
+            adam(t->wt[l], t->mw[l], t->vw[l], g, nwl, lr * PD_TRAIN_FULL_LR_SCALE, step);
         }
     }
 #undef REDUCE
@@ -651,6 +672,7 @@ static void trainer_task(struct trainer *t, struct pd_task *task)
         task->scale[l] = t->es[l];
         task->bias[l] = t->eb[l];
         task->dw[l] = t->k[l];
+        task->w[l] = t->wt[l];
     }
     task->nclass = t->K;
     task->head_w = t->hw;
@@ -938,11 +960,17 @@ int pd_train(const pd_model *m, const struct pd_dataset *train, const struct pd_
                     p->bias[l] = dup_or(o.base->bias[l], NULL, c, &fail);
                 if (o.base && o.base->kernel[l])
                     p->kernel[l] = dup_or(o.base->kernel[l], NULL, 9 * c, &fail);
+                if (o.base && o.base->weight[l]) {
+                    const struct pd_layer_info *li = pd_layer_info(l);
+                    p->weight[l] =
+                        dup_or(o.base->weight[l], NULL, (size_t)li->k * li->k * li->cin * c, &fail);
+                }
                 continue;
             }
             p->scale[l] = t.s[l], t.s[l] = NULL;
             p->bias[l] = t.b[l], t.b[l] = NULL;
             p->kernel[l] = t.k[l], t.k[l] = NULL;
+            p->weight[l] = t.wt[l], t.wt[l] = NULL;
         }
         if (probe_only) {
             p->head_w = probe_w, p->head_b = probe_b;
@@ -969,7 +997,7 @@ int pd__train_loss_grad(const pd_model *m, const struct pd_params *p, int size, 
                         const float *in, const int *y, double *loss, struct pd_params *grad)
 {
     struct pd_train_opts o = {
-        .kind = PD_TRAIN_SBDW, .size = size, .batch = n, .threads = 1, .base = p};
+        .kind = PD_TRAIN_FULL, .size = size, .batch = n, .threads = 1, .base = p};
     struct trainer t;
     if (n < 1 || n > 256 || trainer_init(&t, m, &o, p->nclass, p->head_w, p->head_b))
         return PD_NOMEM;
@@ -999,6 +1027,10 @@ int pd__train_loss_grad(const pd_model *m, const struct pd_params *p, int size, 
                     grad->scale[l][j] = inv * (grad->scale[l][j] - mean[j] * grad->bias[l][j]);
                 }
                 grad->kernel[l] = dup_or(w->gk[l], NULL, 9 * c, &fail);
+            } else {
+                const struct pd_layer_info *li = pd_layer_info(l);
+                grad->weight[l] =
+                    dup_or(w->gw[l], NULL, (size_t)li->k * li->k * li->cin * c, &fail);
             }
         }
     }

@@ -8,6 +8,9 @@
  *   sb      the head plus every layer's scale and bias (pointwise scale/bias, depthwise
  *           batch-norm gamma/beta; moving statistics stay frozen).
  *   sbdw    sb plus the depthwise kernels.
+ *   full    every weight: sbdw plus conv0's and the pointwise layers' weights (CLI only, the upper
+ *           reference; the patch carries 3.2M pointwise weights, ~13 MB). The pretrained weights
+ *           take a tenth of the peak learning rate (PD_TRAIN_FULL_LR_SCALE).
  * sb and sbdw are LP-FT: the head starts from the converged probe, then everything trains
  * together with Adam (warm-up, cosine decay), minibatches with random crops (60-100% of each
  * side) and horizontal flips, cross-entropy loss, peak learning rate 3e-3. When a validation set is
@@ -32,23 +35,26 @@
 #include "data.h"
 #include "net.h"
 
-#define PD_TRAIN_MIN_STEPS 200
+#define PD_TRAIN_MIN_STEPS     200
+#define PD_TRAIN_FULL_LR_SCALE 0.1
 
 enum pd_train_kind {
     PD_TRAIN_LOGITS,
     PD_TRAIN_SB,
     PD_TRAIN_SBDW,
+    PD_TRAIN_FULL,
 };
 
 const char *pd_train_kind_name(enum pd_train_kind k);
-/* Parses "logits", "sb", "sbdw"; -1 when unknown. */
+/* Parses "logits", "sb", "sbdw", "full"; -1 when unknown. */
 int pd_train_kind_parse(const char *s);
 
 /* Raw parameters, as a patch stores them (depthwise scale/bias are gamma/beta). NULL: the
  * backbone's. Owned by whoever filled them. */
 struct pd_params {
     float *scale[PD_NLAYERS], *bias[PD_NLAYERS], *kernel[PD_NLAYERS];
-    float *head_w, *head_b; /* (1024, nclass), (nclass) */
+    float *weight[PD_NLAYERS]; /* conv0 and pointwise weights (full) */
+    float *head_w, *head_b;    /* (1024, nclass), (nclass) */
     int nclass;
 };
 
@@ -111,8 +117,9 @@ int pd_eval(const pd_model *m, const struct pd_task *task, const struct pd_datas
 
 /*
  * For the gradient checks: the mean cross-entropy of n images (n, size, size, 3) with labels y
- * under raw parameters p (every layer trainable, kernels included), and, when grad is not NULL,
- * its gradient in the same raw space (newly allocated into grad; free with pd_params_free).
+ * under raw parameters p (every layer trainable, kernels and weights included), and, when grad is
+ * not NULL, its gradient in the same raw space (newly allocated into grad; free with
+ * pd_params_free).
  */
 int pd__train_loss_grad(const pd_model *m, const struct pd_params *p, int size, int n,
                         const float *in, const int *y, double *loss, struct pd_params *grad);

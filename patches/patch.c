@@ -16,6 +16,7 @@ struct pd_patch {
     char **labels;
     char *training;
     float *raw_scale[PD_NLAYERS], *raw_bias[PD_NLAYERS], *raw_kernel[PD_NLAYERS];
+    float *raw_weight[PD_NLAYERS];
     float *head_w, *head_b;
     float *eff_scale[PD_NLAYERS], *eff_bias[PD_NLAYERS]; /* folded depthwise batch norm */
     struct pd_task task;
@@ -30,13 +31,22 @@ const char *pd_patch_kind_name(enum pd_patch_kind k)
     return k == PD_PATCH_DETECT ? "detection" : "classification";
 }
 
+/* The parts in the order they are listed, with their names. */
+static const struct {
+    int bit;
+    const char *name;
+} part_names[] = {{PD_PART_SCALE_BIAS, "scale_bias"},
+                  {PD_PART_DEPTHWISE, "depthwise"},
+                  {PD_PART_WEIGHTS, "weights"},
+                  {PD_PART_HEAD, "head"}};
+
 void pd_patch_parts_str(int parts, char *buf, size_t len)
 {
-    snprintf(buf, len, "%s%s%s%s%s", parts & PD_PART_SCALE_BIAS ? "scale_bias" : "",
-             (parts & PD_PART_SCALE_BIAS) && (parts & ~PD_PART_SCALE_BIAS) ? "," : "",
-             parts & PD_PART_DEPTHWISE ? "depthwise" : "",
-             (parts & PD_PART_DEPTHWISE) && (parts & PD_PART_HEAD) ? "," : "",
-             parts & PD_PART_HEAD ? "head" : "");
+    size_t at = 0;
+    buf[0] = 0;
+    for (size_t i = 0; i < sizeof(part_names) / sizeof(part_names[0]); i++)
+        if ((parts & part_names[i].bit) && at < len)
+            at += (size_t)snprintf(buf + at, len - at, "%s%s", at ? "," : "", part_names[i].name);
 }
 
 static void patch_free(pd_patch *p)
@@ -51,6 +61,7 @@ static void patch_free(pd_patch *p)
         free(p->raw_scale[l]);
         free(p->raw_bias[l]);
         free(p->raw_kernel[l]);
+        free(p->raw_weight[l]);
         free(p->eff_scale[l]);
         free(p->eff_bias[l]);
     }
@@ -182,10 +193,24 @@ static int build(pd_patch *p, const pd_model *m, const struct pd_patch_spec *s, 
             p->params += (int64_t)(9 * c);
             p->parts |= PD_PART_DEPTHWISE;
         }
+        if (s->weight[l]) {
+            if (dw)
+                return pd_fail(msg, PD_FORMAT,
+                               "layers.%s.weight: depthwise layers have a kernel, not a weight",
+                               li->name);
+            size_t nw = (size_t)li->k * li->k * li->cin * c;
+            snprintf(what, sizeof(what), "layers.%s.weight", li->name);
+            if ((err = copy_finite(s->weight[l], nw, what, &p->raw_weight[l], &p->bytes, msg)))
+                return err;
+            p->params += (int64_t)nw;
+            p->parts |= PD_PART_WEIGHTS;
+        }
         p->spec.scale[l] = p->raw_scale[l];
         p->spec.bias[l] = p->raw_bias[l];
         p->spec.kernel[l] = p->raw_kernel[l];
+        p->spec.weight[l] = p->raw_weight[l];
         p->task.dw[l] = p->raw_kernel[l];
+        p->task.w[l] = p->raw_weight[l];
         if (dw && (s->scale[l] || s->bias[l])) {
             /* fold gamma/beta with the frozen moving statistics */
             p->eff_scale[l] = pd_alloc_floats(c);
@@ -272,15 +297,13 @@ static int parse_parts(const char *s, int *parts)
     *parts = 0;
     while (*s) {
         const char *e = strchr(s, ',');
-        size_t n = e ? (size_t)(e - s) : strlen(s);
-        if (n == 10 && !memcmp(s, "scale_bias", n))
-            *parts |= PD_PART_SCALE_BIAS;
-        else if (n == 9 && !memcmp(s, "depthwise", n))
-            *parts |= PD_PART_DEPTHWISE;
-        else if (n == 4 && !memcmp(s, "head", n))
-            *parts |= PD_PART_HEAD;
-        else
+        size_t n = e ? (size_t)(e - s) : strlen(s), i;
+        for (i = 0; i < sizeof(part_names) / sizeof(part_names[0]); i++)
+            if (strlen(part_names[i].name) == n && !memcmp(s, part_names[i].name, n))
+                break;
+        if (i == sizeof(part_names) / sizeof(part_names[0]))
             return -1;
+        *parts |= part_names[i].bit;
         s += n + (e ? 1 : 0);
     }
     return 0;
@@ -390,6 +413,10 @@ static int parse_spec(const pd_model *m, const pd_st *st, struct pd_patch_spec *
         } else if (dw && !strcmp(field, "kernel")) {
             err = check_shape(t, 3, kshape, msg);
             s->kernel[l] = t->data;
+        } else if (!dw && !strcmp(field, "weight")) {
+            int64_t conv[4] = {li->k, li->k, li->cin, c}, pw[2] = {li->cin, c};
+            err = l == 0 ? check_shape(t, 4, conv, msg) : check_shape(t, 2, pw, msg);
+            s->weight[l] = t->data;
         } else {
             return pd_fail(msg, PD_FORMAT, "unknown tensor '%.100s'", n);
         }
@@ -489,6 +516,7 @@ int pd_patch_from_params(const pd_model *m, const struct pd_params *params,
         sp.scale[l] = params->scale[l];
         sp.bias[l] = params->bias[l];
         sp.kernel[l] = params->kernel[l];
+        sp.weight[l] = params->weight[l];
     }
     sp.head_w = params->head_w;
     sp.head_b = params->head_b;
@@ -512,8 +540,11 @@ int pd_patch_serialize(const pd_patch *p, uint8_t **out, size_t *len, char *msg)
     for (int l = 0; l < PD_NLAYERS; l++) {
         const struct pd_layer_info *li = pd_layer_info(l);
         int dw = pd_layer_is_dw(l);
-        const float *arr[3] = {p->raw_scale[l], p->raw_bias[l], p->raw_kernel[l]};
-        const char *field[3] = {dw ? "gamma" : "scale", dw ? "beta" : "bias", "kernel"};
+        /* a layer has a depthwise kernel or a weight, never both: at most 3 tensors */
+        const float *arr[3] = {p->raw_scale[l], p->raw_bias[l],
+                               dw ? p->raw_kernel[l] : p->raw_weight[l]};
+        const char *field[3] = {dw ? "gamma" : "scale", dw ? "beta" : "bias",
+                                dw ? "kernel" : "weight"};
         for (int f = 0; f < 3; f++) {
             if (!arr[f])
                 continue;
@@ -523,12 +554,19 @@ int pd_patch_serialize(const pd_patch *p, uint8_t **out, size_t *len, char *msg)
             t->name = names[n];
             t->dtype = PD_DT_F32;
             t->data = arr[f];
-            if (f == 2) {
+            if (f == 2 && dw) {
                 t->ndim = 3, t->shape[0] = 3, t->shape[1] = 3, t->shape[2] = li->cout;
-                t->nbytes = 9 * (size_t)li->cout * 4;
+            } else if (f == 2 && l == 0) {
+                t->ndim = 4, t->shape[0] = li->k, t->shape[1] = li->k, t->shape[2] = li->cin;
+                t->shape[3] = li->cout;
+            } else if (f == 2) {
+                t->ndim = 2, t->shape[0] = li->cin, t->shape[1] = li->cout;
             } else {
-                t->ndim = 1, t->shape[0] = li->cout, t->nbytes = (size_t)li->cout * 4;
+                t->ndim = 1, t->shape[0] = li->cout;
             }
+            t->nbytes = 4;
+            for (int d = 0; d < t->ndim; d++)
+                t->nbytes *= (size_t)t->shape[d];
             n++;
         }
     }

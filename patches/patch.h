@@ -9,6 +9,8 @@
  *   layers.L.gamma    (C)            dwN: batch-norm gamma (moving mean/variance stay frozen)
  *   layers.L.beta     (C)            dwN: batch-norm beta
  *   layers.L.kernel   (3, 3, C)      dwN: the depthwise kernel
+ *   layers.L.weight   (3, 3, 3, 32)  conv0: the convolution weights (`full` patches)
+ *                     (Cin, Cout)    pwN: the pointwise weights (`full` patches)
  *   head.weight       (1024, K)      classification head: logits = features . weight + bias
  *   head.bias         (K)
  *
@@ -21,8 +23,9 @@
  *   kind              "classification" or "detection" (required)
  *   labels            JSON array of K distinct non-empty strings, in logit order (classification)
  *   input_size        classification input side, "32".."512" (default "224")
- *   parts             comma-separated subset of "scale_bias,depthwise,head": must name exactly
- *                     the parts present (scale_bias = any scale/bias/gamma/beta tensor)
+ *   parts             comma-separated subset of "scale_bias,depthwise,weights,head": must name
+ *                     exactly the parts present (scale_bias = any scale/bias/gamma/beta tensor,
+ *                     weights = any conv0/pointwise weight)
  *   training          optional JSON object: kind, epochs, images, accuracy, date, ...
  *
  * A classification patch must carry a head; a detection patch must not (it uses the SSD head).
@@ -55,6 +58,7 @@ enum {
     PD_PART_SCALE_BIAS = 1,
     PD_PART_DEPTHWISE = 2,
     PD_PART_HEAD = 4,
+    PD_PART_WEIGHTS = 8,
 };
 
 /*
@@ -68,6 +72,7 @@ struct pd_patch_spec {
     const char *const *labels; /* K strings */
     const float *scale[PD_NLAYERS], *bias[PD_NLAYERS];
     const float *kernel[PD_NLAYERS]; /* depthwise layers only */
+    const float *weight[PD_NLAYERS]; /* conv0 and pointwise layers only */
     const float *head_w, *head_b;
     const char *training; /* JSON object text or NULL */
 };
@@ -92,9 +97,9 @@ int pd_patch_new_identity(const pd_model *m, const char *const *labels, int ncla
 
 /*
  * A classification patch file from trained raw parameters (params as struct pd_params in
- * core/train.h: scale/bias/kernel per layer, head), the labels, the input side and a training
- * summary (JSON object text, may be NULL): built, validated and serialised into a new buffer
- * (caller frees). *nparams receives the trainable parameter count when not NULL.
+ * core/train.h: scale/bias/kernel/weight per layer, head), the labels, the input side and a
+ * training summary (JSON object text, may be NULL): built, validated and serialised into a new
+ * buffer (caller frees). *nparams receives the trainable parameter count when not NULL.
  */
 struct pd_params;
 int pd_patch_from_params(const pd_model *m, const struct pd_params *params,
@@ -118,7 +123,7 @@ int pd_patch_parts(const pd_patch *p);      /* PD_PART_* bits */
 int64_t pd_patch_params(const pd_patch *p); /* trainable parameters it carries */
 size_t pd_patch_bytes(const pd_patch *p);   /* memory it holds */
 const char *pd_patch_kind_name(enum pd_patch_kind k);
-/* "scale_bias,depthwise,head" style list of parts into buf (at least 40 bytes). */
+/* "scale_bias,depthwise,weights,head" style list of parts into buf (at least 48 bytes). */
 void pd_patch_parts_str(int parts, char *buf, size_t len);
 
 #endif

@@ -40,6 +40,10 @@ enum MHD_Result h_train(struct req *r)
     if (!strcmp(task, PD_FACES_TASK))
         return reply_error(r, MHD_HTTP_CONFLICT, "builtin_task", "'faces' cannot be trained");
     int k = kind ? pd_train_kind_parse(kind) : PD_TRAIN_SBDW;
+    if (k == PD_TRAIN_FULL) /* hours of CPU and a 13 MB patch per task: a CLI reference only */
+        return reply_error(r, MHD_HTTP_BAD_REQUEST, "invalid_parameter",
+                           "kind full is available from patchctl train only; use logits, sb or "
+                           "sbdw");
     if (k < 0)
         return reply_error(r, MHD_HTTP_BAD_REQUEST, "invalid_parameter",
                            "kind must be logits, sb or sbdw");

@@ -119,6 +119,7 @@ static int run_training(struct job *jb, char *msg)
             bp.scale[l] = (float *)s->scale[l];
             bp.bias[l] = (float *)s->bias[l];
             bp.kernel[l] = (float *)s->kernel[l];
+            bp.weight[l] = (float *)s->weight[l];
         }
         o.base = &bp;
     }

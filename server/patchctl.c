@@ -39,7 +39,7 @@ static const char usage[] =
     "      classify images with a patch; one JSON line per image\n"
     "  detect [--model FILE] [--min-score S] IMAGE...\n"
     "      detect faces; one JSON line per image, boxes [x, y, w, h] in image pixels\n"
-    "  train --data DIR|ARCHIVE --kind logits|sb|sbdw --out FILE [--val DIR] [--epochs N]\n"
+    "  train --data DIR|ARCHIVE --kind logits|sb|sbdw|full --out FILE [--val DIR] [--epochs N]\n"
     "        [--size S] [--batch B] [--seed N] [--base PATCH] [--threads T] [--lr LR]\n"
     "        [--head-init probe|zero]\n"
     "      train a patch from class folders of JPEGs; progress on stderr, summary JSON on stdout\n"
@@ -670,6 +670,7 @@ static void params_of(const pd_patch *p, struct pd_params *out)
         out->scale[l] = (float *)s->scale[l];
         out->bias[l] = (float *)s->bias[l];
         out->kernel[l] = (float *)s->kernel[l];
+        out->weight[l] = (float *)s->weight[l];
     }
 }
 
@@ -722,7 +723,7 @@ static int cmd_train(int argc, char **argv)
         return die_usage("train: %s", "--data, --kind and --out are required");
     int k = pd_train_kind_parse(kind);
     if (k < 0)
-        return die_usage("train: --kind '%s' is not logits, sb or sbdw", kind);
+        return die_usage("train: --kind '%s' is not logits, sb, sbdw or full", kind);
     o.kind = (enum pd_train_kind)k;
     char msg[PD_MSG_MAX];
     pd_model *m;

@@ -3,7 +3,8 @@
  * analytic gradient of a loss equals (L(p + e) - L(p - e)) / 2e. Ops are checked on random
  * shapes (odd sizes, stride 2) with loss sum(r * y) for a random r, evaluated in double; sample
  * points are kept away from the ReLU6 kinks. The network check perturbs raw patch parameters
- * (scales, biases, batch-norm gamma/beta, depthwise kernels, head) of the real backbone.
+ * (scales, biases, batch-norm gamma/beta, depthwise kernels, conv0/pointwise weights, head) of
+ * the real backbone.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -222,6 +223,11 @@ static void test_network(void **state)
         if (dw) {
             p.kernel[l] = pd_alloc_floats(9 * c);
             memcpy(p.kernel[l], pd_model_dw(m, l), 9 * c * 4);
+        } else {
+            const struct pd_layer_info *li = pd_layer_info(l);
+            size_t nw = (size_t)li->k * li->k * li->cin * c;
+            p.weight[l] = pd_alloc_floats(nw);
+            memcpy(p.weight[l], pd_model_weights(m, l), nw * 4);
         }
     }
     double loss;
@@ -247,6 +253,10 @@ static void test_network(void **state)
         {p.scale + 9, g.scale + 9, 9, 256, "dw5.gamma", 3e-4f},
         {p.kernel + 9, g.kernel + 9, 9, 9 * 256, "dw5.kernel", 3e-4f},
         {p.bias + 1, g.bias + 1, 1, 32, "dw1.beta", 3e-4f},
+        {p.weight + 26, g.weight + 26, 26, 1024 * 1024, "pw13.weight", 5e-4f},
+        {p.weight + 12, g.weight + 12, 12, 256 * 512, "pw6.weight", 3e-4f},
+        {p.weight + 2, g.weight + 2, 2, 32 * 64, "pw1.weight", 3e-4f},
+        {p.weight + 0, g.weight + 0, 0, 27 * 32, "conv0.weight", 3e-4f},
         {p.scale + 0, g.scale + 0, 0, 32, "conv0.scale", 3e-4f},
         {p.bias + 0, g.bias + 0, 0, 32, "conv0.bias", 3e-4f},
     };

@@ -284,12 +284,114 @@ static void test_identity(void **state)
     assert_non_null(strstr(msg, "label 1"));
 }
 
+/*
+ * A `full` patch (its own conv0 and pw7 weights): serialised with the weights part and
+ * bit-identical after a round trip; a batch mixing it with a head-only task gives each sample what
+ * it gets alone (the pointwise GEMM splits into runs of equal weights); a weight on a depthwise
+ * layer or of the wrong shape is refused.
+ */
+static void test_weights(void **state)
+{
+    (void)state;
+    char msg[PD_MSG_MAX];
+    int pw = pd_layer_pw(7);
+    float *w0 = filled(27 * 32, -0.03f), *w7 = filled(512 * 512, -0.04f);
+    float *hw = filled(PD_FEATURES * 3, -0.02f), *hb = filled(3, 0.1f);
+    struct pd_patch_spec s;
+    memset(&s, 0, sizeof(s));
+    s.kind = PD_PATCH_CLASSIFY;
+    s.size = 64;
+    s.nclass = 3;
+    s.labels = labels3;
+    s.weight[0] = w0, s.weight[pw] = w7;
+    s.head_w = hw, s.head_b = hb;
+    pd_patch *p, *q, *id;
+    assert_int_equal(pd_patch_build(model, &s, &p, msg), PD_OK);
+    assert_int_equal(pd_patch_parts(p), PD_PART_WEIGHTS | PD_PART_HEAD);
+    assert_int_equal(pd_patch_params(p), 27 * 32 + 512 * 512 + 1025 * 3);
+    uint8_t *b1, *b2;
+    size_t l1, l2;
+    assert_int_equal(pd_patch_serialize(p, &b1, &l1, msg), PD_OK);
+    assert_int_equal(pd_patch_parse(model, b1, l1, &q, msg), PD_OK);
+    assert_int_equal(pd_patch_serialize(q, &b2, &l2, msg), PD_OK);
+    assert_int_equal(l1, l2);
+    assert_memory_equal(b1, b2, l1);
+    assert_memory_equal(pd_patch_spec(q)->weight[pw], w7, 512 * 512 * sizeof(float));
+    assert_int_equal(pd_patch_new_identity(model, labels3, 3, 64, 7, &id, msg), PD_OK);
+
+    pd_net *net;
+    assert_int_equal(pd_net_new(model, 3, 64, &net, msg), PD_OK);
+    float *in = filled(3 * 64 * 64 * 3, -0.5f), alone[3][3], mixed[3][3];
+    const struct pd_task *tasks[3] = {pd_patch_task(q), pd_patch_task(id), pd_patch_task(q)};
+    for (int i = 0; i < 3; i++) {
+        float *o[1] = {alone[i]};
+        assert_int_equal(
+            pd_net_classify(net, 1, 64, in + (size_t)i * 64 * 64 * 3, &tasks[i], o, NULL), PD_OK);
+    }
+    float *o3[3] = {mixed[0], mixed[1], mixed[2]};
+    assert_int_equal(pd_net_classify(net, 3, 64, in, tasks, o3, NULL), PD_OK);
+    for (int i = 0; i < 3; i++)
+        for (int k = 0; k < 3; k++)
+            assert_float_equal(alone[i][k], mixed[i][k], 1e-6);
+    /* and the weights matter */
+    assert_true(fabsf(alone[0][0] - alone[1][0]) > 1e-4f ||
+                fabsf(alone[0][1] - alone[1][1]) > 1e-4f);
+
+    /* refusals */
+    struct pd_patch_spec bad = s;
+    pd_patch *r;
+    bad.weight[pd_layer_dw(7)] = w7;
+    assert_int_equal(pd_patch_build(model, &bad, &r, msg), PD_FORMAT);
+    assert_non_null(strstr(msg, "layers.dw7.weight"));
+    struct pd_st_tensor t = {.name = "layers.pw7.weight",
+                             .dtype = PD_DT_F32,
+                             .ndim = 2,
+                             .shape = {512, 511},
+                             .data = w7,
+                             .nbytes = 512 * 511 * 4};
+    struct pd_st_tensor th[3] = {t,
+                                 {.name = "head.weight",
+                                  .dtype = PD_DT_F32,
+                                  .ndim = 2,
+                                  .shape = {PD_FEATURES, 3},
+                                  .data = hw,
+                                  .nbytes = PD_FEATURES * 3 * 4},
+                                 {.name = "head.bias",
+                                  .dtype = PD_DT_F32,
+                                  .ndim = 1,
+                                  .shape = {3},
+                                  .data = hb,
+                                  .nbytes = 12}};
+    const char *meta[] = {"format",
+                          "patchd-patch",
+                          "format_version",
+                          "1",
+                          "backbone_sha256",
+                          pd_model_sha256(model),
+                          "kind",
+                          "classification",
+                          "labels",
+                          "[\"daisy\",\"rose\",\"tulip\"]"};
+    uint8_t *b3;
+    size_t l3;
+    assert_int_equal(pd_st_serialize(th, 3, meta, 5, &b3, &l3, msg), PD_OK);
+    assert_int_equal(pd_patch_parse(model, b3, l3, &r, msg), PD_FORMAT);
+    assert_non_null(strstr(msg, "layers.pw7.weight"));
+    free(b3);
+    free(in);
+    pd_net_free(net);
+    free(b1), free(b2);
+    pd_patch_unref(p), pd_patch_unref(q), pd_patch_unref(id);
+    free(w0), free(w7), free(hw), free(hb);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_roundtrip),
         cmocka_unit_test(test_invalid),
         cmocka_unit_test(test_identity),
+        cmocka_unit_test(test_weights),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
