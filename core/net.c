@@ -5,9 +5,12 @@
 
 #include <cblas.h>
 #include <math.h>
+#include <sched.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <uv.h>
 
 #define MODEL_MAX_BYTES ((size_t)1 << 30)
 #define NSSD            8
@@ -286,6 +289,37 @@ int64_t pd_model_params(const pd_model *m)
 
 /* ---- forward ---- */
 
+/* One layer's op with its arguments, to be split into parts (see pd_op_*_part). */
+enum job_op { JOB_CONV, JOB_DW, JOB_PW };
+struct job {
+    enum job_op op;
+    const float *x;
+    int n, h, cin, k, s, cout;
+    const float *wt;         /* conv, pw */
+    const float *const *wts; /* dw: per sample */
+    const float *const *sc, *const *bi;
+    enum pd_act act;
+    float *y, *col;
+};
+
+/*
+ * The net's own helper threads (pd_net_set_threads): each layer is one job; the caller's thread
+ * runs part 0 and helper i part i + 1, then waits for all. Helpers spin briefly on the job
+ * counter between layers (a forward pass hands out a job every few hundred microseconds) and
+ * sleep on the condition variable when nothing comes.
+ */
+struct pool {
+    int parts; /* helpers + 1 */
+    uv_thread_t th[PD_NET_MAX_THREADS];
+    struct pd_net *net;
+    const struct job *job;
+    atomic_uint gen;    /* bumped for each job */
+    atomic_int pending; /* helpers still on the current job */
+    atomic_int quit;
+    uv_mutex_t mu;
+    uv_cond_t cv;
+};
+
 struct pd_net {
     const pd_model *m;
     int max_batch, max_size;
@@ -294,7 +328,143 @@ struct pd_net {
     float *enc;                   /* (PD_ANCHORS, 4) box encodings */
     float *cls;                   /* (PD_ANCHORS, 3) class logits */
     const float **sc, **bi, **dw; /* per-sample pointers, max_batch each */
+    struct pool *pool;            /* NULL: everything on the caller's thread */
 };
+
+static void job_part(const struct job *j, int p, int parts)
+{
+    if (j->op == JOB_CONV) {
+        const int ohw = pd_same_out(j->h, j->s) * pd_same_out(j->h, j->s);
+        const int rows = j->n * ohw, r0 = (int)((int64_t)rows * p / parts);
+        const int r1 = (int)((int64_t)rows * (p + 1) / parts);
+        pd_op_conv_part(j->x, j->n, j->h, j->h, j->cin, j->wt, j->k, j->s, j->cout, j->sc, j->bi,
+                        j->act, j->y, j->col + (size_t)r0 * j->k * j->k * j->cin, r0, r1);
+    } else if (j->op == JOB_DW) {
+        const int q = j->n * pd_same_out(j->h, j->s);
+        pd_op_dw_part(j->x, j->n, j->h, j->h, j->cin, j->wts, j->s, j->sc, j->bi, j->act, j->y,
+                      (int)((int64_t)q * p / parts), (int)((int64_t)q * (p + 1) / parts));
+    } else {
+        const int hw = j->h * j->h, rows = j->n * hw;
+        if (rows >= 64 * parts) { /* tall: split the rows */
+            pd_op_pw_part(j->x, rows, hw, j->cin, j->wt, j->cout, j->sc, j->bi, j->act, j->y,
+                          (int)((int64_t)rows * p / parts), (int)((int64_t)rows * (p + 1) / parts),
+                          0, j->cout);
+        } else { /* short and wide (the last layers): split the columns, in blocks of 16 */
+            const int blocks = (j->cout + 15) / 16;
+            int c0 = blocks * p / parts * 16, c1 = blocks * (p + 1) / parts * 16;
+            c1 = c1 > j->cout ? j->cout : c1;
+            if (c0 < c1)
+                pd_op_pw_part(j->x, rows, hw, j->cin, j->wt, j->cout, j->sc, j->bi, j->act, j->y, 0,
+                              rows, c0, c1);
+        }
+    }
+}
+
+/* One step of a spin wait: a pause, and every 1024th time the CPU to whoever else wants it (a
+ * loaded machine must not see us spin on a thread that is not running). */
+static void cpu_relax(int spin)
+{
+    if (spin % 1024 == 1023) {
+        sched_yield();
+        return;
+    }
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+static void helper_main(void *arg)
+{
+    struct pool *pl = ((void **)arg)[0];
+    const int p = (int)(intptr_t)((void **)arg)[1];
+    free(arg);
+    unsigned seen = 0;
+    for (;;) {
+        unsigned g;
+        int spins = 0;
+        while ((g = atomic_load(&pl->gen)) == seen && !atomic_load(&pl->quit) && spins < 200000)
+            cpu_relax(spins++);
+        if (g == seen && !atomic_load(&pl->quit)) {
+            uv_mutex_lock(&pl->mu);
+            while ((g = atomic_load(&pl->gen)) == seen && !atomic_load(&pl->quit))
+                uv_cond_wait(&pl->cv, &pl->mu);
+            uv_mutex_unlock(&pl->mu);
+        }
+        if (atomic_load(&pl->quit))
+            return;
+        seen = g;
+        job_part(pl->job, p, pl->parts);
+        atomic_fetch_sub(&pl->pending, 1);
+    }
+}
+
+/* Runs one layer's op: split across the pool when there is one. */
+static void run(pd_net *net, const struct job *j)
+{
+    struct pool *pl = net->pool;
+    if (!pl) {
+        job_part(j, 0, 1);
+        return;
+    }
+    pl->job = j;
+    atomic_store(&pl->pending, pl->parts - 1);
+    atomic_fetch_add(&pl->gen, 1);
+    uv_mutex_lock(&pl->mu);
+    uv_cond_broadcast(&pl->cv);
+    uv_mutex_unlock(&pl->mu);
+    job_part(j, 0, pl->parts);
+    for (int spins = 0; atomic_load(&pl->pending) > 0; spins++)
+        cpu_relax(spins);
+}
+
+static void pool_free(struct pool *pl)
+{
+    if (!pl)
+        return;
+    atomic_store(&pl->quit, 1);
+    uv_mutex_lock(&pl->mu);
+    uv_cond_broadcast(&pl->cv);
+    uv_mutex_unlock(&pl->mu);
+    for (int i = 0; i < pl->parts - 1; i++)
+        uv_thread_join(&pl->th[i]);
+    uv_cond_destroy(&pl->cv);
+    uv_mutex_destroy(&pl->mu);
+    free(pl);
+}
+
+int pd_net_set_threads(pd_net *net, int threads, char *msg)
+{
+    if (threads < 1 || threads > PD_NET_MAX_THREADS)
+        return pd_fail(msg, PD_RANGE, "threads %d out of range 1..%d", threads, PD_NET_MAX_THREADS);
+    pool_free(net->pool);
+    net->pool = NULL;
+    if (threads == 1)
+        return PD_OK;
+    struct pool *pl = calloc(1, sizeof(*pl));
+    if (!pl)
+        return pd_fail(msg, PD_NOMEM, "out of memory");
+    if (uv_mutex_init(&pl->mu) || uv_cond_init(&pl->cv)) {
+        free(pl);
+        return pd_fail(msg, PD_IO, "cannot create a mutex");
+    }
+    pl->net = net;
+    for (int i = 0; i < threads - 1; i++) {
+        void **arg = malloc(2 * sizeof(void *));
+        if (arg) {
+            arg[0] = pl;
+            arg[1] = (void *)(intptr_t)(i + 1);
+        }
+        if (!arg || uv_thread_create(&pl->th[i], helper_main, arg)) {
+            free(arg);
+            pl->parts = i + 1;
+            pool_free(pl);
+            return pd_fail(msg, PD_IO, "cannot start a thread");
+        }
+        pl->parts = i + 2;
+    }
+    net->pool = pl;
+    return PD_OK;
+}
 
 /* Largest activation (floats) and im2col scratch for n images of side `size`. */
 static void plan(int n, int size, int faces, size_t *act, size_t *col)
@@ -359,6 +529,7 @@ void pd_net_free(pd_net *net)
 {
     if (!net)
         return;
+    pool_free(net->pool);
     free(net->buf[0]);
     free(net->buf[1]);
     free(net->col);
@@ -392,7 +563,20 @@ static float *backbone(pd_net *net, int n, int size, const float *in,
         float *y = net->buf[cur];
         const int ho = pd_same_out(h, li->stride);
         if (pd_layer_is_dw(l)) {
-            pd_op_dw(x, n, h, h, li->cin, net->dw, li->stride, net->sc, net->bi, PD_ACT_RELU6, y);
+            struct job j = {.op = JOB_DW,
+                            .x = x,
+                            .n = n,
+                            .h = h,
+                            .cin = li->cin,
+                            .k = 3,
+                            .s = li->stride,
+                            .cout = li->cout,
+                            .wts = net->dw,
+                            .sc = net->sc,
+                            .bi = net->bi,
+                            .act = PD_ACT_RELU6,
+                            .y = y};
+            run(net, &j);
         } else {
             /* one GEMM per run of samples sharing the weights: the whole batch unless a `full`
              * patch brings its own */
@@ -404,14 +588,21 @@ static float *backbone(pd_net *net, int n, int size, const float *in,
                     if ((u && u->w[l] ? u->w[l] : m->w[l]) != wt)
                         break;
                 }
-                const float *xi = x + (size_t)i * h * h * li->cin;
-                float *yi = y + (size_t)i * ho * ho * li->cout;
-                if (l == 0)
-                    pd_op_conv(xi, j - i, h, h, 3, wt, 3, 2, li->cout, net->sc + i, net->bi + i,
-                               PD_ACT_RELU6, yi, net->col);
-                else
-                    pd_op_pw(xi, j - i, h, h, li->cin, wt, li->cout, net->sc + i, net->bi + i,
-                             PD_ACT_RELU6, yi);
+                struct job jb = {.op = l == 0 ? JOB_CONV : JOB_PW,
+                                 .x = x + (size_t)i * h * h * li->cin,
+                                 .n = j - i,
+                                 .h = h,
+                                 .cin = li->cin,
+                                 .k = li->k,
+                                 .s = li->stride,
+                                 .cout = li->cout,
+                                 .wt = wt,
+                                 .sc = net->sc + i,
+                                 .bi = net->bi + i,
+                                 .act = PD_ACT_RELU6,
+                                 .y = y + (size_t)i * ho * ho * li->cout,
+                                 .col = net->col};
+                run(net, &jb);
             }
         }
         h = ho;
@@ -476,10 +667,24 @@ static void predict(pd_net *net, int j, const float *x, int h)
     const struct conv *b = &m->box[j], *c = &m->cls[j];
     PD_ASSERT(first[j] + h * h * box_anchors[j] <= PD_ANCHORS);
     const float *ones = m->ones, *bb = b->b, *cb = c->b;
-    pd_op_pw(x, 1, h, h, b->cin, b->w, b->cout, &ones, &bb, PD_ACT_NONE,
-             net->enc + (size_t)first[j] * 4);
-    pd_op_pw(x, 1, h, h, c->cin, c->w, c->cout, &ones, &cb, PD_ACT_NONE,
-             net->cls + (size_t)first[j] * 3);
+    struct job jb = {.op = JOB_PW,
+                     .x = x,
+                     .n = 1,
+                     .h = h,
+                     .cin = b->cin,
+                     .k = 1,
+                     .s = 1,
+                     .cout = b->cout,
+                     .wt = b->w,
+                     .sc = &ones,
+                     .bi = &bb,
+                     .act = PD_ACT_NONE,
+                     .y = net->enc + (size_t)first[j] * 4};
+    run(net, &jb);
+    struct job jc = jb;
+    jc.cin = c->cin, jc.cout = c->cout, jc.wt = c->w, jc.bi = &cb;
+    jc.y = net->cls + (size_t)first[j] * 3;
+    run(net, &jc);
 }
 
 static void predict_at11(pd_net *net, const float *x, int h)
@@ -504,8 +709,21 @@ int pd_net_detect(pd_net *net, const float *in, const struct pd_task *task, floa
         const struct conv *c = &m->ssd[j];
         const float *sc = m->ones, *bi = c->b;
         float *y = net->buf[cur];
-        pd_op_conv(x, 1, h, h, c->cin, c->w, c->k, c->stride, c->cout, &sc, &bi, PD_ACT_RELU6, y,
-                   net->col);
+        struct job jb = {.op = JOB_CONV,
+                         .x = x,
+                         .n = 1,
+                         .h = h,
+                         .cin = c->cin,
+                         .k = c->k,
+                         .s = c->stride,
+                         .cout = c->cout,
+                         .wt = c->w,
+                         .sc = &sc,
+                         .bi = &bi,
+                         .act = PD_ACT_RELU6,
+                         .y = y,
+                         .col = net->col};
+        run(net, &jb);
         h = pd_same_out(h, c->stride);
         x = y;
         cur ^= 1;

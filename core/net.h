@@ -115,6 +115,15 @@ typedef struct pd_net pd_net;
 int pd_net_new(const pd_model *m, int max_batch, int max_size, pd_net **out, char *msg);
 void pd_net_free(pd_net *net);
 
+#define PD_NET_MAX_THREADS 16
+/*
+ * Splits every layer of this net's forward passes across `threads` threads (the caller's plus
+ * threads - 1 of the net's own), to cut the latency of one request; 1 (the default) runs on the
+ * caller's thread alone. BLAS should be single-threaded then (openblas_set_num_threads(1)), or
+ * the two kinds of threads oversubscribe the cores. Not while a forward pass runs on this net.
+ */
+int pd_net_set_threads(pd_net *net, int threads, char *msg);
+
 /*
  * Classifies n images of one size: in (n, size, size, 3) normalised to [-1, 1]; tasks[i] is
  * sample i's task (all of the same size, each with a head). probs[i] receives tasks[i]->nclass

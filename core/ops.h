@@ -64,6 +64,28 @@ void pd_op_dw(const float *x, int n, int h, int w, int c, const float *const *wt
 void pd_op_pw(const float *x, int n, int h, int w, int cin, const float *wt, int cout,
               const float *const *scale, const float *const *bias, enum pd_act act, float *y);
 
+/*
+ * Parts of the three forward ops, so that one op can be split across threads (each part writes a
+ * disjoint region of y). conv: output pixels [r0, r1) of the flattened (n, oh, ow), col holds the
+ * part's own im2col rows (at least (r1 - r0) * k * k * cin floats). dw: output rows [q0, q1) of
+ * the flattened (n, oh). pw: rows [r0, r1) of the (rows, cout) output, hw rows per sample, and
+ * columns [c0, c1).
+ */
+void pd_op_conv_part(const float *x, int n, int h, int w, int cin, const float *wt, int k, int s,
+                     int cout, const float *const *scale, const float *const *bias, enum pd_act act,
+                     float *y, float *col, int r0, int r1);
+void pd_op_dw_part(const float *x, int n, int h, int w, int c, const float *const *wt, int s,
+                   const float *const *scale, const float *const *bias, enum pd_act act, float *y,
+                   int q0, int q1);
+void pd_op_pw_part(const float *x, int rows, int hw, int cin, const float *wt, int cout,
+                   const float *const *scale, const float *const *bias, enum pd_act act, float *y,
+                   int r0, int r1, int c0, int c1);
+
+/* For the tests: one sample's depthwise forward through a chosen implementation (0 the portable
+ * C, 1 AVX2+FMA); -1 when this CPU lacks it. */
+int pd__op_dw_variant(int variant, const float *x, int h, int w, int c, const float *k, int s,
+                      const float *scale, const float *bias, enum pd_act act, float *y);
+
 /* ---- backward (training) ----
  * Shapes as in the forward functions. "Accumulates" means += into the caller's buffer, which
  * the caller zeroes once per optimisation step; "writes" overwrites. */

@@ -54,9 +54,9 @@ test)
   # the concurrency tests under ThreadSanitizer (OpenBLAS is not instrumented: one thread)
   [ -f build-tsan/build.ninja ] || meson setup build-tsan -Db_sanitize=thread \
     -Dbuildtype=debugoptimized -Db_lundef=false
-  ninja -C build-tsan tests/test_patches_store
+  ninja -C build-tsan tests/test_patches_store tests/test_core_ops
   OPENBLAS_NUM_THREADS=1 TSAN_OPTIONS=halt_on_error=1 \
-    meson test -C build-tsan --print-errorlogs --no-rebuild patches/store || rc=1
+    meson test -C build-tsan --print-errorlogs --no-rebuild patches/store core/ops || rc=1
   # the fuzz targets (clang, libFuzzer, ASan+UBSan) replay their committed corpora
   [ -f build-fuzz/build.ninja ] || CC=clang meson setup build-fuzz -Dfuzz=true \
     -Db_sanitize=address,undefined -Db_lundef=false -Dbuildtype=debugoptimized

@@ -54,7 +54,8 @@ static const char usage[] =
     "  key new [--role infer|admin] [--tenant NAME]\n"
     "      print a fresh API key, its SHA-256 (what the configuration stores) and a config "
     "snippet\n"
-    "  bench --task classify|faces [--size S] [--threads T] [--batch B] [--iters N]\n"
+    "  bench --task classify|faces [--size S] [--threads T] [--split layers|blas] [--batch B]\n"
+    "        [--iters N]\n"
     "      time the in-process forward pass after warm-up; one JSON line\n"
     "  --version, --help\n"
     "\n"
@@ -917,7 +918,7 @@ static int cmp_double(const void *a, const void *b)
 static int cmd_bench(int argc, char **argv)
 {
     const char *model = default_model(), *task = "classify";
-    int size = 0, threads = 1, batch = 1, iters = 20;
+    int size = 0, threads = 1, batch = 1, iters = 20, blas = 0;
     for (int i = 0; i < argc; i += 2) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         int bad = 0;
@@ -930,8 +931,12 @@ static int cmd_bench(int argc, char **argv)
         else if (!strcmp(a, "--size"))
             bad = parse_int(v, 32, 1024, &size);
         else if (!strcmp(a, "--threads"))
-            bad = parse_int(v, 1, 256, &threads);
-        else if (!strcmp(a, "--batch"))
+            bad = parse_int(v, 1, PD_NET_MAX_THREADS, &threads);
+        else if (!strcmp(a, "--split")) {
+            if (strcmp(v, "layers") && strcmp(v, "blas"))
+                return die_usage("bench: --split '%s' is not layers or blas", v);
+            blas = !strcmp(v, "blas");
+        } else if (!strcmp(a, "--batch"))
             bad = parse_int(v, 1, 256, &batch);
         else if (!strcmp(a, "--iters"))
             bad = parse_int(v, 1, 100000, &iters);
@@ -947,13 +952,15 @@ static int cmd_bench(int argc, char **argv)
         return die_usage("bench: %s", "faces runs at batch 1, size 512");
     if (!size)
         size = faces ? PD_FACES_SIZE : 224;
-    openblas_set_num_threads(threads);
+    /* the threads split each layer (the net's own pool, BLAS single-threaded inside), or only
+     * the GEMMs (OpenBLAS's threads): --split layers|blas */
+    openblas_set_num_threads(blas ? threads : 1);
     pd_model *m;
     if (load_model(model, &m))
         return 1;
     pd_net *net;
     char msg[PD_MSG_MAX];
-    if (pd_net_new(m, batch, size, &net, msg)) {
+    if (pd_net_new(m, batch, size, &net, msg) || (!blas && pd_net_set_threads(net, threads, msg))) {
         fprintf(stderr, "patchctl: %s\n", msg);
         pd_model_free(m);
         return 1;
@@ -985,9 +992,10 @@ static int cmd_bench(int argc, char **argv)
     qsort(ms, (size_t)iters, sizeof(double), cmp_double);
     double med = iters % 2 ? ms[iters / 2] : (ms[iters / 2 - 1] + ms[iters / 2]) / 2;
     double p90 = ms[(int)(0.9 * (iters - 1) + 0.5)];
-    printf("{\"task\":\"%s\",\"size\":%d,\"threads\":%d,\"batch\":%d,\"iters\":%d,"
-           "\"ms_median\":%.3f,\"ms_p90\":%.3f,\"images_per_s\":%.2f}\n",
-           task, size, threads, batch, iters, med, p90, batch * 1e3 / med);
+    printf("{\"task\":\"%s\",\"size\":%d,\"threads\":%d,\"split\":\"%s\",\"batch\":%d,"
+           "\"iters\":%d,\"ms_median\":%.3f,\"ms_p90\":%.3f,\"images_per_s\":%.2f}\n",
+           task, size, threads, blas ? "blas" : "layers", batch, iters, med, p90,
+           batch * 1e3 / med);
     free(ms), free(scores), free(boxes), free(pbuf), free(probs), free(tasks), free(hw), free(hb);
     free(in);
     pd_net_free(net);

@@ -155,6 +155,81 @@ static void test_layers_random(void **state)
     run_case(1, 17, 17, 3, 4, 3, 2, 0); /* odd input, stride 2 */
     run_case(2, 7, 7, 16, 16, 3, 2, 1); /* odd depthwise stride 2 */
     run_case(1, 1, 1, 4, 4, 3, 1, 1);
+    /* wide enough for 8-channel vectors with a tail, and pointwise outputs long enough to be
+     * computed in chunks of rows, with a sample boundary inside a chunk */
+    run_case(2, 12, 11, 21, 21, 3, 1, 1);
+    run_case(1, 13, 13, 40, 40, 3, 2, 1);
+    run_case(3, 37, 29, 8, 100, 1, 1, 2);
+}
+
+/* The AVX2 depthwise kernel against the portable one on the network's own shapes. */
+static void test_dw_variants(void **state)
+{
+    (void)state;
+    static const int shapes[][4] = {{112, 112, 32, 1}, {112, 112, 64, 2}, {28, 28, 256, 1},
+                                    {14, 14, 512, 2},  {7, 7, 1024, 1},   {9, 5, 20, 2},
+                                    {1, 1, 16, 1},     {2, 3, 12, 2}};
+    for (size_t t = 0; t < sizeof(shapes) / sizeof(shapes[0]); t++) {
+        int h = shapes[t][0], w = shapes[t][1], c = shapes[t][2], s = shapes[t][3];
+        size_t nout = (size_t)pd_same_out(h, s) * pd_same_out(w, s) * c;
+        float *x = randv((size_t)h * w * c), *k = randv(9 * (size_t)c);
+        float *sc = randv((size_t)c), *bi = randv((size_t)c);
+        float *a = pd_alloc_floats(nout), *b = pd_alloc_floats(nout);
+        for (int act = 0; act < 2; act++) {
+            assert_int_equal(pd__op_dw_variant(0, x, h, w, c, k, s, sc, bi, act, a), 0);
+            if (pd__op_dw_variant(1, x, h, w, c, k, s, sc, bi, act, b) < 0) {
+                printf("no AVX2+FMA on this CPU: portable depthwise only\n");
+                break;
+            }
+            double worst = 0;
+            for (size_t i = 0; i < nout; i++) {
+                double d = fabs(a[i] - b[i]) / (1.0 + fabs(a[i]));
+                worst = d > worst ? d : worst;
+            }
+            assert_true(worst <= 1e-5);
+        }
+        free(x), free(k), free(sc), free(bi), free(a), free(b);
+    }
+}
+
+/* Equal up to the last bits: GEMM kernels may round a column block's edge differently. */
+static void assert_close(const float *a, const float *b, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        assert_true(fabsf(a[i] - b[i]) <= 1e-6f * (1.0f + fabsf(a[i])));
+}
+
+/* Parts of an op, split by rows or by columns, assemble to the whole op. */
+static void test_parts(void **state)
+{
+    (void)state;
+    const int n = 2, h = 9, w = 9, cin = 24, cout = 40, rows = n * h * w;
+    float *x = randv((size_t)rows * cin), *wt = randv((size_t)cin * cout);
+    const float *sc[2] = {randv(cout), randv(cout)}, *bi[2] = {randv(cout), randv(cout)};
+    float *whole = pd_alloc_floats((size_t)rows * cout),
+          *part = pd_alloc_floats((size_t)rows * cout);
+    pd_op_pw(x, n, h, w, cin, wt, cout, sc, bi, PD_ACT_RELU6, whole);
+    pd_op_pw_part(x, rows, h * w, cin, wt, cout, sc, bi, PD_ACT_RELU6, part, 0, 100, 0, cout);
+    pd_op_pw_part(x, rows, h * w, cin, wt, cout, sc, bi, PD_ACT_RELU6, part, 100, rows, 0, 16);
+    pd_op_pw_part(x, rows, h * w, cin, wt, cout, sc, bi, PD_ACT_RELU6, part, 100, rows, 16, cout);
+    assert_close(whole, part, (size_t)rows * cout);
+    /* depthwise by output rows; conv by output pixels with each part's own im2col rows */
+    const float *k[2] = {randv(9 * cin), randv(9 * cin)};
+    int oh = pd_same_out(h, 2), dwn = n * oh * oh * cin;
+    pd_op_dw(x, n, h, w, cin, k, 2, sc, bi, PD_ACT_RELU6, whole);
+    pd_op_dw_part(x, n, h, w, cin, k, 2, sc, bi, PD_ACT_RELU6, part, 0, 3);
+    pd_op_dw_part(x, n, h, w, cin, k, 2, sc, bi, PD_ACT_RELU6, part, 3, n * oh);
+    assert_memory_equal(whole, part, sizeof(float) * dwn);
+    float *cw = randv(9 * 3 * cout), *col = pd_alloc_floats(pd_conv_col_floats(n, h, w, 3, 3, 2));
+    int npix = n * oh * oh;
+    pd_op_conv(x, n, h, w, 3, cw, 3, 2, cout, sc, bi, PD_ACT_RELU6, whole, col);
+    pd_op_conv_part(x, n, h, w, 3, cw, 3, 2, cout, sc, bi, PD_ACT_RELU6, part, col, 0, 7);
+    pd_op_conv_part(x, n, h, w, 3, cw, 3, 2, cout, sc, bi, PD_ACT_RELU6, part, col + 7 * 27, 7,
+                    npix);
+    assert_close(whole, part, (size_t)npix * cout);
+    free(x), free(wt), free(whole), free(part), free(cw), free(col);
+    for (int i = 0; i < 2; i++)
+        free((void *)sc[i]), free((void *)bi[i]), free((void *)k[i]);
 }
 
 static void test_resize_tfjs(void **state)
@@ -250,6 +325,48 @@ static void test_classify_batch(void **state)
     pd_model_free(m);
 }
 
+/* The net's own threads split each layer: the same results as one thread, for a mixed batch
+ * (3 parts: uneven splits) and for the detector (2 parts: column splits of the short layers). */
+static void test_net_threads(void **state)
+{
+    (void)state;
+    char msg[PD_MSG_MAX];
+    pd_model *m;
+    assert_int_equal(pd_model_load(getenv("PD_MODEL"), &m, msg), PD_OK);
+    pd_net *net;
+    assert_int_equal(pd_net_new(m, 3, PD_FACES_SIZE, &net, msg), PD_OK);
+    const int size = 160, nc = 4;
+    float *in = randv((size_t)PD_FACES_SIZE * PD_FACES_SIZE * 3);
+    float *hw = randv(PD_FEATURES * nc), *hb = randv(nc), *s2 = pd_alloc_floats(1024);
+    for (int i = 0; i < 1024; i++)
+        s2[i] = 0.9f;
+    struct pd_task t1 = {.size = size, .nclass = nc, .head_w = hw, .head_b = hb}, t2 = t1;
+    t2.scale[pd_layer_pw(13)] = s2;
+    const struct pd_task *tasks[3] = {&t1, &t2, &t1};
+    float p1[3][4], p3[3][4], *o1[3] = {p1[0], p1[1], p1[2]}, *o3[3] = {p3[0], p3[1], p3[2]};
+    float *s1 = pd_alloc_floats(PD_ANCHORS), *b1 = pd_alloc_floats(4 * PD_ANCHORS);
+    float *sN = pd_alloc_floats(PD_ANCHORS), *bN = pd_alloc_floats(4 * PD_ANCHORS);
+    assert_int_equal(pd_net_classify(net, 3, size, in, tasks, o1, NULL), PD_OK);
+    assert_int_equal(pd_net_detect(net, in, NULL, s1, b1), PD_OK);
+    assert_int_equal(pd_net_set_threads(net, 3, msg), PD_OK);
+    assert_int_equal(pd_net_classify(net, 3, size, in, tasks, o3, NULL), PD_OK);
+    assert_int_equal(pd_net_set_threads(net, 2, msg), PD_OK);
+    assert_int_equal(pd_net_detect(net, in, NULL, sN, bN), PD_OK);
+    for (int i = 0; i < 3; i++)
+        for (int k = 0; k < nc; k++)
+            assert_float_equal(p1[i][k], p3[i][k], 1e-5);
+    for (int a = 0; a < PD_ANCHORS; a++) {
+        assert_float_equal(s1[a], sN[a], 1e-5);
+        for (int c = 0; c < 4; c++)
+            assert_float_equal(b1[4 * a + c], bN[4 * a + c], 1e-4);
+    }
+    assert_int_equal(pd_net_set_threads(net, 0, msg), PD_RANGE);
+    assert_int_equal(pd_net_set_threads(net, PD_NET_MAX_THREADS + 1, msg), PD_RANGE);
+    free(in), free(hw), free(hb), free(s2), free(s1), free(b1), free(sN), free(bN);
+    pd_net_free(net); /* stops the threads */
+    pd_model_free(m);
+}
+
 static void test_model_load_errors(void **state)
 {
     (void)state;
@@ -274,9 +391,14 @@ static void test_model_load_errors(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_same_padding),      cmocka_unit_test(test_layers_random),
-        cmocka_unit_test(test_resize_tfjs),       cmocka_unit_test(test_classify_batch),
+        cmocka_unit_test(test_same_padding),
+        cmocka_unit_test(test_layers_random),
+        cmocka_unit_test(test_resize_tfjs),
+        cmocka_unit_test(test_classify_batch),
         cmocka_unit_test(test_model_load_errors),
+        cmocka_unit_test(test_dw_variants),
+        cmocka_unit_test(test_parts),
+        cmocka_unit_test(test_net_threads),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
