@@ -10,7 +10,7 @@
  *   sbdw    sb plus the depthwise kernels.
  *   full    every weight: sbdw plus conv0's and the pointwise layers' weights (CLI only, the upper
  *           reference; the patch carries 3.2M pointwise weights, ~13 MB). The pretrained weights
- *           take a tenth of the peak learning rate (PD_TRAIN_FULL_LR_SCALE).
+ *           take a hundredth of the peak learning rate (PD_TRAIN_FULL_LR_SCALE).
  * sb and sbdw are LP-FT: the head starts from the converged probe, then everything trains
  * together with Adam (warm-up, cosine decay), minibatches with random crops (60-100% of each
  * side) and horizontal flips, cross-entropy loss, peak learning rate 3e-3. When a validation set is
@@ -36,7 +36,7 @@
 #include "net.h"
 
 #define PD_TRAIN_MIN_STEPS     200
-#define PD_TRAIN_FULL_LR_SCALE 0.1
+#define PD_TRAIN_FULL_LR_SCALE 0.01
 
 enum pd_train_kind {
     PD_TRAIN_LOGITS,

@@ -510,6 +510,40 @@ static int parse_listen(const char *s, struct sockaddr_in *sa, int *loopback)
     return 0;
 }
 
+/*
+ * Percent-decoding of paths and query values, as MHD's own but leaving "%00" as it is: a decoded
+ * NUL would cut a C string short, so "/tasks/a%00b" would name task "a". Kept escaped, the '%'
+ * makes the name invalid and the request is refused.
+ */
+static int hexval(char ch)
+{
+    if (ch >= '0' && ch <= '9')
+        return ch - '0';
+    if (ch >= 'a' && ch <= 'f')
+        return ch - 'a' + 10;
+    if (ch >= 'A' && ch <= 'F')
+        return ch - 'A' + 10;
+    return -1;
+}
+
+static size_t unescape(void *cls, struct MHD_Connection *c, char *s)
+{
+    (void)cls, (void)c;
+    char *out = s;
+    for (const char *in = s; *in;) {
+        int hi, lo;
+        if (in[0] == '%' && (hi = hexval(in[1])) >= 0 && (lo = hexval(in[2])) >= 0 &&
+            (hi | lo) != 0) {
+            *out++ = (char)(hi * 16 + lo);
+            in += 3;
+        } else {
+            *out++ = *in++;
+        }
+    }
+    *out = 0;
+    return (size_t)(out - s);
+}
+
 int http_start(struct pd_server *s, char *msg)
 {
     struct sockaddr_in sa;
@@ -528,7 +562,8 @@ int http_start(struct pd_server *s, char *msg)
         0, NULL, NULL, on_request, s, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_CONNECTION_LIMIT, l->connections,
         MHD_OPTION_PER_IP_CONNECTION_LIMIT, l->per_ip, MHD_OPTION_CONNECTION_TIMEOUT, l->timeout_s,
-        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)64 << 10, MHD_OPTION_END);
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)64 << 10, MHD_OPTION_UNESCAPE_CALLBACK,
+        unescape, NULL, MHD_OPTION_END);
     if (!s->httpd)
         return pd_fail(msg, PD_IO, "cannot listen on %s: %s", s->cfg.listen, strerror(errno));
     return PD_OK;
