@@ -65,7 +65,9 @@ static int load_image(const char *path, int size, uint64_t *rng, float *out)
     struct pd_image img;
     if (pd_read_file(path, (size_t)64 << 20, &buf, &len, NULL))
         return -1;
-    int err = pd_image_decode_jpeg(buf, len, PD_IMAGE_MAX_PIXELS, &img, NULL);
+    /* augmented crops may zoom in: full size; otherwise as the server decodes */
+    int err =
+        pd_image_decode_jpeg_scaled(buf, len, PD_IMAGE_MAX_PIXELS, rng ? 0 : size, &img, NULL);
     free(buf);
     if (err)
         return -1;

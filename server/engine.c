@@ -173,7 +173,8 @@ static void run_batch(struct worker *w, struct pd_infer_job **jobs, int n)
             fail(j, PD_NOTFOUND, "the built-in task 'faces' has no versions");
             continue;
         }
-        int err = pd_image_decode_jpeg(j->image, j->image_len, e->max_pixels, &s->img, j->msg);
+        int err = pd_image_decode_jpeg_scaled(j->image, j->image_len, e->max_pixels,
+                                              s->size > 0 ? s->size : 0, &s->img, j->msg);
         if (err)
             fail(j, err, j->msg);
     }

@@ -197,15 +197,16 @@ static int load_model(const char *path, pd_model **m)
     return 0;
 }
 
-/* Reads and decodes one image file; prints the error and returns non-zero on failure. */
-static int read_image(const char *path, struct pd_image *img)
+/* Reads and decodes one image file (scaled in the DCT domain down to no less than min_side, 0: at
+ * full size); prints the error and returns non-zero on failure. */
+static int read_image(const char *path, int min_side, struct pd_image *img)
 {
     char msg[PD_MSG_MAX];
     uint8_t *buf;
     size_t len;
     int err = pd_read_file(path, (size_t)256 << 20, &buf, &len, msg);
     if (!err) {
-        err = pd_image_decode_jpeg(buf, len, PD_IMAGE_MAX_PIXELS, img, msg);
+        err = pd_image_decode_jpeg_scaled(buf, len, PD_IMAGE_MAX_PIXELS, min_side, img, msg);
         free(buf);
     }
     if (err)
@@ -269,7 +270,7 @@ static int cmd_detect(int argc, char **argv)
     int rc = 0;
     for (int i = first; i < argc; i++) {
         struct pd_image img;
-        if (read_image(argv[i], &img)) {
+        if (read_image(argv[i], 0, &img)) {
             rc = 1;
             continue;
         }
@@ -433,7 +434,7 @@ static int cmd_classify(int argc, char **argv)
     int rc = 0;
     for (int i = first; i < argc; i++) {
         struct pd_image img;
-        if (read_image(argv[i], &img)) {
+        if (read_image(argv[i], size, &img)) {
             rc = 1;
             continue;
         }

@@ -220,12 +220,46 @@ static void test_exif_orientation(void **state)
     free(px);
 }
 
+/* DCT-domain scaling: the largest power-of-two reduction that keeps the longer side at least the
+ * requested one; colours survive it (a smooth gradient averages to itself). */
+static void test_scaled_decode(void **state)
+{
+    (void)state;
+    const int w = 1000, h = 600;
+    uint8_t *px = malloc((size_t)w * h * 3);
+    for (int y = 0; y < h; y++)
+        for (int x = 0; x < w; x++) {
+            uint8_t *q = px + ((size_t)y * w + x) * 3;
+            q[0] = (uint8_t)(x * 255 / w), q[1] = (uint8_t)(y * 255 / h), q[2] = 128;
+        }
+    size_t n;
+    uint8_t *j = encode(w, h, 3, JCS_RGB, 0, px, NULL, 0, &n);
+    char msg[PD_MSG_MAX];
+    static const int want[][3] = {{0, 1000, 600},  {224, 250, 150},  {250, 250, 150},
+                                  {251, 500, 300}, {600, 1000, 600}, {100, 125, 75}};
+    for (size_t t = 0; t < sizeof(want) / sizeof(want[0]); t++) {
+        struct pd_image img;
+        assert_int_equal(
+            pd_image_decode_jpeg_scaled(j, n, PD_IMAGE_MAX_PIXELS, want[t][0], &img, msg), PD_OK);
+        assert_int_equal(img.w, want[t][1]);
+        assert_int_equal(img.h, want[t][2]);
+        /* the pixel at the same relative place has about the same colour */
+        const uint8_t *c = img.rgb + ((size_t)(img.h / 2) * img.w + img.w / 4) * 3;
+        assert_true(abs((int)c[0] - 255 / 4) <= 4 && abs((int)c[1] - 255 / 2) <= 4 &&
+                    abs((int)c[2] - 128) <= 4);
+        pd_image_fini(&img);
+    }
+    free(j);
+    free(px);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_bad_inputs),
         cmocka_unit_test(test_good_inputs),
         cmocka_unit_test(test_exif_orientation),
+        cmocka_unit_test(test_scaled_decode),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
