@@ -1009,6 +1009,9 @@ int main(int argc, char **argv)
     if (argc < 2)
         return die_usage("%s", "missing COMMAND");
     const char *cmd = argv[1];
+    /* single-threaded BLAS as in the server's workers: the same GEMM paths, so detect and classify
+     * print to the last digit what patchd answers */
+    openblas_set_num_threads(1);
     if (!strcmp(cmd, "--version")) {
         printf("patchctl %s\n", PD_VERSION);
         return 0;

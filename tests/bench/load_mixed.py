@@ -15,7 +15,6 @@ import os
 import random
 import re
 import shutil
-import subprocess
 import sys
 import tarfile
 import tempfile
@@ -24,7 +23,7 @@ import time
 import http.client
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from many_tasks import BUILD, DATA, LUA, MODEL, sh  # noqa: E402
+from many_tasks import BUILD, DATA, LUA, MODEL, sh, start_patchd  # noqa: E402
 
 
 def rss_kb(pid):
@@ -54,16 +53,7 @@ def main():
         with tarfile.open(fileobj=b, mode="w:gz") as tf:
             tf.add(os.path.join(DATA, "train"), arcname="data")
         archive = b.getvalue()
-        proc = subprocess.Popen([os.path.join(BUILD, "patchd"), "--listen", "127.0.0.1:0",
-                                 "--store", store, "--model", MODEL],
-                                stderr=subprocess.PIPE, text=True)
-        port = None
-        for line in proc.stderr:
-            m = re.search(r"listening on .* \(port (\d+)\)", line)
-            if m:
-                port = int(m.group(1))
-                break
-        threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
+        proc, port = start_patchd("--store", store)
 
         def call(method, path, body=None, headers=None):
             c = http.client.HTTPConnection("127.0.0.1", port, timeout=120)

@@ -59,9 +59,10 @@ def sh(args, **kw):
     return r.stdout
 
 
-def start_patchd(conf):
-    p = subprocess.Popen([os.path.join(BUILD, "patchd"), "--config", conf, "--listen",
-                          "127.0.0.1:0", "--model", MODEL], stderr=subprocess.PIPE, text=True)
+def start_patchd(*args):
+    """A patchd on a free loopback port with these arguments; returns (process, port)."""
+    p = subprocess.Popen([os.path.join(BUILD, "patchd"), *args, "--listen", "127.0.0.1:0",
+                          "--model", MODEL], stderr=subprocess.PIPE, text=True)
     port = None
     for line in p.stderr:
         m = re.search(r"listening on .* \(port (\d+)\)", line)
@@ -130,7 +131,7 @@ def main():
         lua = os.path.join(tmp, "load.lua")
         with open(lua, "w") as f:
             f.write(LUA)
-        p, port = start_patchd(conf)
+        p, port = start_patchd("--config", conf)
         http_r = {}
         try:
             warm(port, key, n, jpeg)

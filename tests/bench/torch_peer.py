@@ -12,7 +12,6 @@ import json
 import math
 import os
 import random
-import struct
 import sys
 import time
 
@@ -21,22 +20,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from torch_infer import load_safetensors  # noqa: E402
+
 EPS = 0.0010000000474974513
 STRIDE2 = {2, 4, 6, 12}
-
-
-def load_safetensors(path):
-    raw = open(path, "rb").read()
-    (n,) = struct.unpack("<Q", raw[:8])
-    header = json.loads(raw[8:8 + n])
-    out = {}
-    for name, e in header.items():
-        if name == "__metadata__":
-            continue
-        b, en = e["data_offsets"]
-        dt = {"F32": np.float32, "I32": np.int32}[e["dtype"]]
-        out[name] = np.frombuffer(raw[8 + n + b:8 + n + en], dtype=dt).reshape(e["shape"])
-    return out
 
 
 def same_pad(x, k, s):

@@ -4,11 +4,9 @@ import http.client
 import json
 import os
 import re
-import select
 import signal
 import subprocess
 import sys
-import time
 
 PATCHD = os.environ["PD_PATCHD"]
 PATCHCTL = os.environ["PD_PATCHCTL"]
@@ -47,6 +45,16 @@ def need_model():
 
 def run(args, **kw):
     return subprocess.run(args, capture_output=True, text=True, timeout=300, **kw)
+
+
+def new_patch(tmpdir, labels, seed=1, size=96):
+    """The bytes of a fresh head-only classification patch (patchctl patch new)."""
+    import uuid
+    p = os.path.join(tmpdir, f"p{uuid.uuid4().hex}.safetensors")
+    r = run([PATCHCTL, "patch", "new", "--model", MODEL, "--labels", ",".join(labels),
+             "--seed", str(seed), "--size", str(size), "--out", p])
+    assert r.returncode == 0, r.stderr
+    return open(p, "rb").read()
 
 
 class Server:

@@ -18,7 +18,6 @@ import tarfile
 import tempfile
 import threading
 import time
-import uuid
 
 import pdtest as t
 
@@ -34,11 +33,7 @@ KILL_CYCLES = int(os.environ.get("PD_KILL_CYCLES", "30" if ASAN else "100"))
 
 
 def new_patch(labels, seed=1, size=64):
-    p = os.path.join(tmp.name, f"p{uuid.uuid4().hex}.safetensors")
-    r = t.run([t.PATCHCTL, "patch", "new", "--model", t.MODEL, "--labels", ",".join(labels),
-               "--seed", str(seed), "--size", str(size), "--out", p])
-    assert r.returncode == 0, r.stderr
-    return open(p, "rb").read()
+    return t.new_patch(tmp.name, labels, seed, size)
 
 
 def err(body):

@@ -23,11 +23,7 @@ tmp = tempfile.TemporaryDirectory()
 
 
 def new_patch(labels, seed=1, size=96):
-    p = os.path.join(tmp.name, f"p{uuid.uuid4().hex}.safetensors")
-    r = t.run([t.PATCHCTL, "patch", "new", "--model", t.MODEL, "--labels", ",".join(labels),
-               "--seed", str(seed), "--size", str(size), "--out", p])
-    assert r.returncode == 0, r.stderr
-    return open(p, "rb").read()
+    return t.new_patch(tmp.name, labels, seed, size)
 
 
 def err_code(body):

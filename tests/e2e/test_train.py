@@ -2,9 +2,7 @@
 a job that trains, stores and serves a new version, zip and multipart uploads, cancellation,
 SIGTERM with a job running."""
 import io
-import json
 import os
-import signal
 import tarfile
 import tempfile
 import time
