@@ -3,6 +3,10 @@
 #include <cblas.h>
 #include <string.h>
 
+#ifndef CHUNK_FLOATS
+#define CHUNK_FLOATS 32768
+#endif
+
 void pd_gemm(int m, int n, int k, const float *a, const float *b, float *c)
 {
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, n, k, 1.0f, a, k, b, n, 0.0f, c, n);
@@ -113,11 +117,84 @@ static void im2col(const float *x, int h, int w, int cin, int k, int s, int r0, 
     }
 }
 
+#ifdef PD_X86
+/*
+ * A direct convolution for few input channels and at most 64 outputs (conv0: 3x3x3 -> 32): each
+ * output pixel's channels stay in up to 8 vector accumulators while the taps are broadcast, fused
+ * with scale/bias/act. im2col and a GEMM with K = 27 spend most of their time moving memory.
+ */
+AVX2 static inline __attribute__((always_inline)) void
+conv_direct_nv(const float *x, int h, int w, int cin, const float *wt, int k, int s, const int nv,
+               const float *const *scale, const float *const *bias, enum pd_act act, float *y,
+               int r0, int r1)
+{
+    const int oh = pd_same_out(h, s), ow = pd_same_out(w, s), cout = 8 * nv;
+    const int pt = pd_same_pad(h, k, s), pl = pd_same_pad(w, k, s);
+    const __m256 zero = _mm256_setzero_ps(), six = _mm256_set1_ps(6.0f);
+    for (int r = r0; r < r1; r++) {
+        const int i = r / (oh * ow), oy = r / ow % oh, ox = r % ow;
+        const float *xi = x + (size_t)i * h * w * cin;
+        __m256 acc[8];
+        for (int v = 0; v < nv; v++)
+            acc[v] = _mm256_setzero_ps();
+        for (int ky = 0; ky < k; ky++) {
+            const int iy = oy * s + ky - pt;
+            if (iy < 0 || iy >= h)
+                continue;
+            for (int kx = 0; kx < k; kx++) {
+                const int ix = ox * s + kx - pl;
+                if (ix < 0 || ix >= w)
+                    continue;
+                const float *px = xi + ((size_t)iy * w + ix) * cin;
+                const float *wk = wt + (size_t)(ky * k + kx) * cin * cout;
+                for (int ci = 0; ci < cin; ci++) {
+                    const __m256 b = _mm256_broadcast_ss(px + ci);
+                    for (int v = 0; v < nv; v++)
+                        acc[v] =
+                            _mm256_fmadd_ps(b, _mm256_loadu_ps(wk + ci * cout + 8 * v), acc[v]);
+                }
+            }
+        }
+        const float *sc = scale[i], *bi = bias[i];
+        float *out = y + (size_t)r * cout;
+        for (int v = 0; v < nv; v++) {
+            __m256 o =
+                _mm256_fmadd_ps(acc[v], _mm256_loadu_ps(sc + 8 * v), _mm256_loadu_ps(bi + 8 * v));
+            if (act == PD_ACT_RELU6)
+                o = _mm256_min_ps(_mm256_max_ps(o, zero), six);
+            _mm256_storeu_ps(out + 8 * v, o);
+        }
+    }
+}
+
+/* nv, the accumulators, a constant in each instance: they stay in registers */
+AVX2 static void conv_direct_avx2(const float *x, int h, int w, int cin, const float *wt, int k,
+                                  int s, int cout, const float *const *scale,
+                                  const float *const *bias, enum pd_act act, float *y, int r0,
+                                  int r1)
+{
+    switch (cout / 8) {
+#define NV(n)                                                                                      \
+    case n:                                                                                        \
+        conv_direct_nv(x, h, w, cin, wt, k, s, n, scale, bias, act, y, r0, r1);                    \
+        break;
+        NV(1) NV(2) NV(3) NV(4) NV(5) NV(6) NV(7) NV(8)
+#undef NV
+    }
+}
+#endif
+
 void pd_op_conv_part(const float *x, int n, int h, int w, int cin, const float *wt, int k, int s,
                      int cout, const float *const *scale, const float *const *bias, enum pd_act act,
                      float *y, float *col, int r0, int r1)
 {
     (void)n;
+#ifdef PD_X86
+    if (cin <= 4 && cout % 8 == 0 && cout <= 64 && have_avx2()) {
+        conv_direct_avx2(x, h, w, cin, wt, k, s, cout, scale, bias, act, y, r0, r1);
+        return;
+    }
+#endif
     const int hw = pd_same_out(h, s) * pd_same_out(w, s), kk = k * k * cin;
     const float *a = x + (size_t)r0 * cin;
     if (k != 1 || s != 1) {
@@ -276,7 +353,7 @@ void pd_op_pw_part(const float *x, int rows, int hw, int cin, const float *wt, i
      * output stays in cache for the scale/bias pass */
     int chunk = r1 - r0;
     if ((size_t)cin * (size_t)(c1 - c0) <= 65536) {
-        chunk = 32768 / (c1 - c0);
+        chunk = CHUNK_FLOATS / (c1 - c0);
         chunk = chunk < 64 ? 64 : chunk;
     }
     for (int a = r0; a < r1; a += chunk) {
