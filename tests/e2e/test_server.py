@@ -252,6 +252,18 @@ def auth(who):
 st, body = s.json("PUT", "/tasks/t", p1, auth("acme_admin"))
 t.eq(st, 201, "acme uploads t", body)
 p2 = new_patch(["x", "y"], seed=9)
+# a training job of acme's (two classes of the flowers subset), cancelled at once
+import io
+import tarfile
+f2 = os.path.join(t.TESTDATA, "flowers2", "train")
+arch = io.BytesIO()
+with tarfile.open(fileobj=arch, mode="w:gz") as tf:
+    tf.add(f2, arcname="data")
+GZ = {"Content-Type": "application/gzip"}
+st, body = s.json("POST", "/train?task=tj&kind=sbdw&epochs=50", arch.getvalue(),
+                  {**GZ, **auth("acme_admin")})
+t.eq(st, 202, "acme starts a training job", body)
+job = body.get("job", "none")
 matrix = [
     # (method, path, body, headers, {key class: status})
     ("GET", "/tasks", None, {}, {"none": 401, "wrong": 401, "acme_infer": 200,
@@ -273,6 +285,17 @@ matrix = [
                                  "globex_admin": 201, "acme_admin": 201}),
     ("DELETE", "/tasks/t", None, {}, {"none": 401, "wrong": 401, "acme_infer": 403,
                                       "globex_admin": 200, "acme_admin": 200}),
+    # a refused archive: globex gets past authorisation to the archive check; acme, whose job is
+    # running, to its job limit
+    ("POST", "/train?task=t", b"not an archive", GZ, {"none": 401, "wrong": 401,
+                                                      "acme_infer": 403, "globex_admin": 422,
+                                                      "acme_admin": 429}),
+    ("GET", "/jobs", None, {}, {"none": 401, "wrong": 401, "acme_infer": 200,
+                                "globex_admin": 200, "acme_admin": 200}),
+    ("GET", f"/jobs/{job}", None, {}, {"none": 401, "wrong": 401, "acme_infer": 200,
+                                       "globex_admin": 404, "acme_admin": 200}),
+    ("DELETE", f"/jobs/{job}", None, {}, {"none": 401, "wrong": 401, "acme_infer": 403,
+                                          "globex_admin": 404, "acme_admin": 200}),
 ]
 for method, path, data, headers, want in matrix:
     for who in ("none", "wrong", "acme_infer", "globex_admin", "acme_admin"):
@@ -280,6 +303,8 @@ for method, path, data, headers, want in matrix:
         t.eq(st, want[who], f"matrix {method} {path} as {who}", body)
         if st >= 400:
             t.check(err_code(body), f"matrix {method} {path} as {who}: JSON error", body)
+        if method == "GET" and path == "/jobs" and who == "globex_admin":
+            t.eq(body.get("jobs"), [], "globex sees none of acme's jobs", body)
         if method == "GET" and path == "/tasks" and who == "globex_admin":
             t.eq([x["task"] for x in body["tasks"]], ["faces"], "globex sees none of acme's tasks")
         if method == "PUT" and who == "globex_admin":
