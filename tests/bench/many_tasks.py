@@ -9,15 +9,17 @@ load four ways, each for SECONDS with C concurrent clients sending the same JPEG
                              one of the tasks); every task is made resident before timing
 
 and prints one line per figure with the ratios: N tasks / 1 task over HTTP (goal >= 0.9) and
-HTTP / in-process at the same concurrency (goal >= 0.9).
+HTTP / in-process at the same concurrency (goal >= 0.9). The four loads alternate ROUNDS times;
+each figure is the median over the rounds (the machine is noisy).
 
-  /usr/bin/python3 tests/bench/many_tasks.py [N] [C] [SECONDS]
+  /usr/bin/python3 tests/bench/many_tasks.py [N] [C] [SECONDS] [ROUNDS]
 """
 import hashlib
 import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -95,6 +97,7 @@ def main():
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 1000
     conc = int(sys.argv[2]) if len(sys.argv) > 2 else 8
     secs = int(sys.argv[3]) if len(sys.argv) > 3 else 20
+    rounds = int(sys.argv[4]) if len(sys.argv) > 4 else 3
     tmp = tempfile.mkdtemp(prefix="pd_many_")
     try:
         patch = os.path.join(tmp, "sbdw.safetensors")
@@ -113,14 +116,6 @@ def main():
         print(f"store: {n} tasks, each a {os.path.getsize(patch)}-byte sbdw patch; "
               f"image {os.path.basename(jpeg_path)} ({len(jpeg)} bytes); {conc} clients, {secs} s")
 
-        engine = {}
-        for k in (1, n):
-            out = sh([os.path.join(BUILD, "tests", "bench_engine_load"), store, "bench", str(k),
-                      str(conc), str(secs), jpeg_path], env={**os.environ, "PD_MODEL": MODEL})
-            engine[k] = json.loads(out)
-            print(f"engine in-process, {k} task(s): {engine[k]['requests_per_s']:.1f} req/s, "
-                  f"mean batch {engine[k]['mean_batch']:.2f}, errors {engine[k]['errors']}")
-
         key = "pd_bench_" + os.urandom(8).hex()
         conf = os.path.join(tmp, "patchd.json")
         with open(conf, "w") as f:
@@ -131,31 +126,50 @@ def main():
         lua = os.path.join(tmp, "load.lua")
         with open(lua, "w") as f:
             f.write(LUA)
-        p, port = start_patchd("--config", conf)
-        http_r = {}
-        try:
-            warm(port, key, n, jpeg)
+        engine = {1: [], n: []}
+        http_r = {1: [], n: []}
+        for r in range(rounds):
             for k in (1, n):
-                out = sh(["wrk", "-t1", f"-c{conc}", f"-d{secs}s", "-s", lua,
-                          f"http://127.0.0.1:{port}/"],
-                         env={**os.environ, "PD_JPEG": jpeg_path, "PD_NTASKS": str(k),
-                              "PD_KEY": key})
-                d = json.loads(re.search(r"^JSON (.*)$", out, re.M).group(1))
-                d["requests_per_s"] = d["requests"] / d["seconds"]
-                http_r[k] = d
-                print(f"HTTP (wrk, patchd), {k} task(s): {d['requests_per_s']:.1f} req/s, "
-                      f"p50 {d['p50_ms']:.1f} ms, p99 {d['p99_ms']:.1f} ms, "
-                      f"non-2xx {d['non_2xx']}, socket errors {d['socket_errors']}")
-        finally:
-            p.terminate()
-            p.wait(60)
-        print(f"many tasks over HTTP: {n} tasks / 1 task = "
-              f"{http_r[n]['requests_per_s'] / http_r[1]['requests_per_s']:.2f} (goal >= 0.9)")
+                out = sh([os.path.join(BUILD, "tests", "bench_engine_load"), store, "bench",
+                          str(k), str(conc), str(secs), jpeg_path],
+                         env={**os.environ, "PD_MODEL": MODEL})
+                e = json.loads(out)
+                engine[k].append(e)
+                print(f"round {r + 1}: engine in-process, {k} task(s): "
+                      f"{e['requests_per_s']:.1f} req/s, mean batch {e['mean_batch']:.2f}, "
+                      f"errors {e['errors']}", flush=True)
+            p, port = start_patchd("--config", conf)
+            try:
+                warm(port, key, n, jpeg)
+                for k in (1, n):
+                    out = sh(["wrk", "-t1", f"-c{conc}", f"-d{secs}s", "-s", lua,
+                              f"http://127.0.0.1:{port}/"],
+                             env={**os.environ, "PD_JPEG": jpeg_path, "PD_NTASKS": str(k),
+                                  "PD_KEY": key})
+                    d = json.loads(re.search(r"^JSON (.*)$", out, re.M).group(1))
+                    d["requests_per_s"] = d["requests"] / d["seconds"]
+                    http_r[k].append(d)
+                    print(f"round {r + 1}: HTTP (wrk, patchd), {k} task(s): "
+                          f"{d['requests_per_s']:.1f} req/s, p50 {d['p50_ms']:.1f} ms, "
+                          f"p99 {d['p99_ms']:.1f} ms, non-2xx {d['non_2xx']}, "
+                          f"socket errors {d['socket_errors']}", flush=True)
+            finally:
+                p.terminate()
+                p.wait(60)
+
+        def med(xs):
+            return statistics.median(x["requests_per_s"] for x in xs)
+
+        for k in (1, n):
+            print(f"median of {rounds}: engine {k} task(s) {med(engine[k]):.1f} req/s, "
+                  f"HTTP {k} task(s) {med(http_r[k]):.1f} req/s")
+        print(f"many tasks over HTTP: {n} tasks / 1 task = {med(http_r[n]) / med(http_r[1]):.2f} "
+              f"(goal >= 0.9)")
         print(f"many tasks in-process: {n} tasks / 1 task = "
-              f"{engine[n]['requests_per_s'] / engine[1]['requests_per_s']:.2f}")
+              f"{med(engine[n]) / med(engine[1]):.2f}")
         for k in (1, n):
             print(f"HTTP overhead, {k} task(s): HTTP / in-process = "
-                  f"{http_r[k]['requests_per_s'] / engine[k]['requests_per_s']:.2f} (goal >= 0.9)")
+                  f"{med(http_r[k]) / med(engine[k]):.2f} (goal >= 0.9)")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
