@@ -398,24 +398,16 @@ AVX2 static void pw_direct_avx2(const float *x, int hw, int cin, const float *w,
             int r = a;
             for (; r + 6 <= b; r += 6)
                 pw_tile(x, cin, w, cout, r, 6, hw, n0, scale, bias, act, y);
+            /* the last rows: a tile of each height is its own instance, like the full one */
             switch (b - r) {
-            case 5:
-                pw_tile(x, cin, w, cout, r, 5, hw, n0, scale, bias, act, y);
-                break;
-            case 4:
-                pw_tile(x, cin, w, cout, r, 4, hw, n0, scale, bias, act, y);
-                break;
-            case 3:
-                pw_tile(x, cin, w, cout, r, 3, hw, n0, scale, bias, act, y);
-                break;
-            case 2:
-                pw_tile(x, cin, w, cout, r, 2, hw, n0, scale, bias, act, y);
-                break;
-            case 1:
-                pw_tile(x, cin, w, cout, r, 1, hw, n0, scale, bias, act, y);
-                break;
-            default:
-                break;
+#define TAIL(nr)                                                                                   \
+    case nr:                                                                                       \
+        pw_tile(x, cin, w, cout, r, nr, hw, n0, scale, bias, act, y);                              \
+        break;
+                TAIL(5)
+                TAIL(4) TAIL(3) TAIL(2) TAIL(1)
+#undef TAIL
+                    default : break;
             }
         }
     }
