@@ -311,7 +311,6 @@ struct job {
 struct pool {
     int parts; /* helpers + 1 */
     uv_thread_t th[PD_NET_MAX_THREADS];
-    struct pd_net *net;
     const struct job *job;
     atomic_uint gen;    /* bumped for each job */
     atomic_int pending; /* helpers still on the current job */
@@ -447,7 +446,6 @@ int pd_net_set_threads(pd_net *net, int threads, char *msg)
         free(pl);
         return pd_fail(msg, PD_IO, "cannot create a mutex");
     }
-    pl->net = net;
     for (int i = 0; i < threads - 1; i++) {
         void **arg = malloc(2 * sizeof(void *));
         if (arg) {

@@ -398,18 +398,8 @@ AVX2 static void pw_direct_avx2(const float *x, int hw, int cin, const float *w,
             int r = a;
             for (; r + 6 <= b; r += 6)
                 pw_tile(x, cin, w, cout, r, 6, hw, n0, scale, bias, act, y);
-            /* the last rows: a tile of each height is its own instance, like the full one */
-            switch (b - r) {
-#define TAIL(nr)                                                                                   \
-    case nr:                                                                                       \
-        pw_tile(x, cin, w, cout, r, nr, hw, n0, scale, bias, act, y);                              \
-        break;
-                TAIL(5)
-                TAIL(4)
-                TAIL(3) TAIL(2) TAIL(1)
-#undef TAIL
-                    default : break;
-            }
+            for (; r < b; r++) /* the last rows, one at a time */
+                pw_tile(x, cin, w, cout, r, 1, hw, n0, scale, bias, act, y);
         }
     }
 }
