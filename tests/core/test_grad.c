@@ -204,7 +204,10 @@ static void test_network(void **state)
     char msg[PD_MSG_MAX];
     pd_model *m;
     assert_int_equal(pd_model_load(getenv("PD_MODEL"), &m, msg), PD_OK);
-    const int n = 2, S = 64, K = 3;
+    /* under valgrind (tests/valgrind.sh) a smaller input and one entry per probe: every kind of
+     * parameter is still checked, in minutes rather than hours */
+    const int slow = getenv("PD_UNDER_VALGRIND") != NULL;
+    const int n = 2, S = slow ? 32 : 64, K = 3, entries = slow ? 1 : 3;
     float *in = randv((size_t)n * S * S * 3, 1);
     int y[2] = {0, 2};
     struct pd_params p;
@@ -273,13 +276,14 @@ static void test_network(void **state)
             else if (v > fabs(ga[best[2]]))
                 best[2] = i;
         }
-        for (int j = 0; j < 3; j++) {
+        for (int j = 0; j < entries; j++) {
             size_t i = best[j];
             /* a step can carry some pre-activations across a ReLU6 kink (too large) or drown in
              * float32 rounding (too small): the central difference at the step, a quarter of it
-             * and four times it; the one closest to the analytic gradient must agree with it */
+             * and four times it; the one closest to the analytic gradient must agree with it (the
+             * search stops at the first step that agrees to a quarter of the tolerance) */
             double numeric = 0, best_err = INFINITY;
-            for (int e = 0; e < 3; e++) {
+            for (int e = 0; e < 3 && best_err > 5e-3; e++) {
                 float keep = a[i];
                 float eps = probes[q].eps *
                             (e == 0   ? 1.0f
