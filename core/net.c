@@ -43,13 +43,15 @@ const struct pd_layer_info *pd_layer_info(int l)
 }
 
 struct conv {
-    float *w; /* (k, k, cin, cout) */
-    float *b; /* (cout) */
+    float *w;  /* (k, k, cin, cout) */
+    float *wp; /* 1x1 only, where pd_pw_packed_ok: w as pd_pw_pack lays it out; else NULL */
+    float *b;  /* (cout) */
     int cin, cout, k, stride;
 };
 
 struct pd_model {
     float *w[PD_NLAYERS];     /* conv0 (3,3,3,32); dw (3,3,C); pw (cin,cout) */
+    float *wp[PD_NLAYERS];    /* pw: w packed by pd_pw_pack where pd_pw_packed_ok, else NULL */
     float *scale[PD_NLAYERS]; /* effective per-channel scale */
     float *bias[PD_NLAYERS];  /* effective per-channel bias */
     float *gamma[PD_NLAYERS], *beta[PD_NLAYERS], *mean[PD_NLAYERS], *var[PD_NLAYERS];
@@ -84,13 +86,25 @@ static int load_f32(const pd_st *st, const char *name, int ndim, const int64_t *
             return e_;                                                                             \
     } while (0)
 
+/* A 1x1 layer's weights packed for pd_op_pw_packed_part, when this CPU runs it. */
+static int pack(const float *w, int cin, int cout, float **wp, char *msg)
+{
+    if (!pd_pw_packed_ok(cin, cout))
+        return PD_OK;
+    *wp = pd_alloc_floats((size_t)cin * cout);
+    if (!*wp)
+        return pd_fail(msg, PD_NOMEM, "out of memory");
+    pd_pw_pack(w, cin, cout, *wp);
+    return PD_OK;
+}
+
 static int load_conv(const pd_st *st, const char *wname, const char *bname, int k, int cin,
                      int cout, int stride, struct conv *c, char *msg)
 {
     c->k = k, c->cin = cin, c->cout = cout, c->stride = stride;
     LOAD(wname, &c->w, k, k, cin, cout);
     LOAD(bname, &c->b, cout);
-    return PD_OK;
+    return k == 1 ? pack(c->w, cin, cout, &c->wp, msg) : PD_OK;
 }
 
 static int load_all(pd_model *m, const pd_st *st, char *msg)
@@ -105,6 +119,9 @@ static int load_all(pd_model *m, const pd_st *st, char *msg)
                      l / 2);
             LOAD(n1, &m->w[l], li->k, li->k, li->cin, li->cout);
             LOAD(n2, &m->bias[l], li->cout);
+            int err = l ? pack(m->w[l], li->cin, li->cout, &m->wp[l], msg) : PD_OK;
+            if (err)
+                return err;
             m->scale[l] = pd_alloc_floats((size_t)li->cout);
             if (!m->scale[l])
                 return pd_fail(msg, PD_NOMEM, "out of memory");
@@ -193,6 +210,7 @@ int pd_model_load(const char *path, pd_model **out, char *msg)
 static void free_conv(struct conv *c)
 {
     free(c->w);
+    free(c->wp);
     free(c->b);
 }
 
@@ -202,6 +220,7 @@ void pd_model_free(pd_model *m)
         return;
     for (int l = 0; l < PD_NLAYERS; l++) {
         free(m->w[l]);
+        free(m->wp[l]);
         free(m->scale[l]);
         free(m->bias[l]);
         free(m->gamma[l]);
@@ -296,10 +315,12 @@ struct job {
     const float *x;
     int n, h, cin, k, s, cout;
     const float *wt;         /* conv, pw */
+    const float *wp;         /* pw: wt packed (pd_pw_pack), or NULL */
     const float *const *wts; /* dw: per sample */
     const float *const *sc, *const *bi;
     enum pd_act act;
     float *y, *col;
+    float *const *scratch; /* pw with wp: one PD_PW_SCRATCH_FLOATS buffer per part */
 };
 
 /*
@@ -322,12 +343,13 @@ struct pool {
 struct pd_net {
     const pd_model *m;
     int max_batch, max_size;
-    float *buf[2];                /* ping-pong activations */
-    float *col;                   /* im2col scratch */
-    float *enc;                   /* (PD_ANCHORS, 4) box encodings */
-    float *cls;                   /* (PD_ANCHORS, 3) class logits */
-    const float **sc, **bi, **dw; /* per-sample pointers, max_batch each */
-    struct pool *pool;            /* NULL: everything on the caller's thread */
+    float *buf[2];                      /* ping-pong activations */
+    float *col;                         /* im2col scratch */
+    float *enc;                         /* (PD_ANCHORS, 4) box encodings */
+    float *cls;                         /* (PD_ANCHORS, 3) class logits */
+    const float **sc, **bi, **dw;       /* per-sample pointers, max_batch each */
+    struct pool *pool;                  /* NULL: everything on the caller's thread */
+    float *scratch[PD_NET_MAX_THREADS]; /* per part, PD_PW_SCRATCH_FLOATS each */
 };
 
 static void job_part(const struct job *j, int p, int parts)
@@ -344,18 +366,22 @@ static void job_part(const struct job *j, int p, int parts)
                       (int)((int64_t)q * p / parts), (int)((int64_t)q * (p + 1) / parts));
     } else {
         const int hw = j->h * j->h, rows = j->n * hw;
+        int r0 = 0, r1 = rows, c0 = 0, c1 = j->cout;
         if (rows >= 64 * parts) { /* tall: split the rows */
-            pd_op_pw_part(j->x, rows, hw, j->cin, j->wt, j->cout, j->sc, j->bi, j->act, j->y,
-                          (int)((int64_t)rows * p / parts), (int)((int64_t)rows * (p + 1) / parts),
-                          0, j->cout);
+            r0 = (int)((int64_t)rows * p / parts), r1 = (int)((int64_t)rows * (p + 1) / parts);
         } else { /* short and wide (the last layers): split the columns, in blocks of 16 */
             const int blocks = (j->cout + 15) / 16;
-            int c0 = blocks * p / parts * 16, c1 = blocks * (p + 1) / parts * 16;
+            c0 = blocks * p / parts * 16, c1 = blocks * (p + 1) / parts * 16;
             c1 = c1 > j->cout ? j->cout : c1;
-            if (c0 < c1)
-                pd_op_pw_part(j->x, rows, hw, j->cin, j->wt, j->cout, j->sc, j->bi, j->act, j->y, 0,
-                              rows, c0, c1);
         }
+        if (r0 >= r1 || c0 >= c1)
+            return;
+        if (j->wp)
+            pd_op_pw_packed_part(j->x, rows, hw, j->cin, j->wp, j->cout, j->sc, j->bi, j->act, j->y,
+                                 r0, r1, c0, c1, j->scratch[p]);
+        else
+            pd_op_pw_part(j->x, rows, hw, j->cin, j->wt, j->cout, j->sc, j->bi, j->act, j->y, r0,
+                          r1, c0, c1);
     }
 }
 
@@ -437,6 +463,9 @@ int pd_net_set_threads(pd_net *net, int threads, char *msg)
         return pd_fail(msg, PD_RANGE, "threads %d out of range 1..%d", threads, PD_NET_MAX_THREADS);
     pool_free(net->pool);
     net->pool = NULL;
+    for (int i = 1; i < threads; i++)
+        if (!net->scratch[i] && !(net->scratch[i] = pd_alloc_floats(PD_PW_SCRATCH_FLOATS)))
+            return pd_fail(msg, PD_NOMEM, "out of memory");
     if (threads == 1)
         return PD_OK;
     struct pool *pl = calloc(1, sizeof(*pl));
@@ -514,8 +543,9 @@ int pd_net_new(const pd_model *m, int max_batch, int max_size, pd_net **out, cha
     net->sc = calloc((size_t)max_batch, sizeof(float *));
     net->bi = calloc((size_t)max_batch, sizeof(float *));
     net->dw = calloc((size_t)max_batch, sizeof(float *));
+    net->scratch[0] = pd_alloc_floats(PD_PW_SCRATCH_FLOATS);
     if (!net->buf[0] || !net->buf[1] || !net->col || !net->enc || !net->cls || !net->sc ||
-        !net->bi || !net->dw) {
+        !net->bi || !net->dw || !net->scratch[0]) {
         pd_net_free(net);
         return pd_fail(msg, PD_NOMEM, "out of memory for activations (%zu floats)", act);
     }
@@ -536,6 +566,8 @@ void pd_net_free(pd_net *net)
     free(net->sc);
     free(net->bi);
     free(net->dw);
+    for (int i = 0; i < PD_NET_MAX_THREADS; i++)
+        free(net->scratch[i]);
     free(net);
 }
 
@@ -581,6 +613,7 @@ static float *backbone(pd_net *net, int n, int size, const float *in,
             for (int i = 0, j; i < n; i = j) {
                 const struct pd_task *t = tasks ? tasks[i] : NULL;
                 const float *wt = t && t->w[l] ? t->w[l] : m->w[l];
+                const float *wp = wt == m->w[l] ? m->wp[l] : NULL; /* a patch's own: unpacked */
                 for (j = i + 1; j < n; j++) {
                     const struct pd_task *u = tasks ? tasks[j] : NULL;
                     if ((u && u->w[l] ? u->w[l] : m->w[l]) != wt)
@@ -595,11 +628,13 @@ static float *backbone(pd_net *net, int n, int size, const float *in,
                                  .s = li->stride,
                                  .cout = li->cout,
                                  .wt = wt,
+                                 .wp = wp,
                                  .sc = net->sc + i,
                                  .bi = net->bi + i,
                                  .act = PD_ACT_RELU6,
                                  .y = y + (size_t)i * ho * ho * li->cout,
-                                 .col = net->col};
+                                 .col = net->col,
+                                 .scratch = net->scratch};
                 run(net, &jb);
             }
         }
@@ -707,7 +742,7 @@ int pd_net_detect(pd_net *net, const float *in, const struct pd_task *task, floa
         const struct conv *c = &m->ssd[j];
         const float *sc = m->ones, *bi = c->b;
         float *y = net->buf[cur];
-        struct job jb = {.op = JOB_CONV,
+        struct job jb = {.op = c->wp ? JOB_PW : JOB_CONV,
                          .x = x,
                          .n = 1,
                          .h = h,
@@ -716,11 +751,13 @@ int pd_net_detect(pd_net *net, const float *in, const struct pd_task *task, floa
                          .s = c->stride,
                          .cout = c->cout,
                          .wt = c->w,
+                         .wp = c->wp,
                          .sc = &sc,
                          .bi = &bi,
                          .act = PD_ACT_RELU6,
                          .y = y,
-                         .col = net->col};
+                         .col = net->col,
+                         .scratch = net->scratch};
         run(net, &jb);
         h = pd_same_out(h, c->stride);
         x = y;

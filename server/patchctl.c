@@ -54,8 +54,8 @@ static const char usage[] =
     "  key new [--role infer|admin] [--tenant NAME]\n"
     "      print a fresh API key, its SHA-256 (what the configuration stores) and a config "
     "snippet\n"
-    "  bench --task classify|faces [--size S] [--threads T] [--split layers|blas] [--batch B]\n"
-    "        [--iters N]\n"
+    "  bench --task classify|faces [--size S] [--threads T] [--batch B] [--iters N]\n"
+    "        [--image JPEG]\n"
     "      time the in-process forward pass after warm-up; one JSON line\n"
     "  --version, --help\n"
     "\n"
@@ -918,8 +918,8 @@ static int cmp_double(const void *a, const void *b)
 
 static int cmd_bench(int argc, char **argv)
 {
-    const char *model = default_model(), *task = "classify";
-    int size = 0, threads = 1, batch = 1, iters = 20, blas = 0;
+    const char *model = default_model(), *task = "classify", *image = NULL;
+    int size = 0, threads = 1, batch = 1, iters = 20;
     for (int i = 0; i < argc; i += 2) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         int bad = 0;
@@ -929,15 +929,13 @@ static int cmd_bench(int argc, char **argv)
             task = v;
         else if (!strcmp(a, "--model"))
             model = v;
+        else if (!strcmp(a, "--image"))
+            image = v;
         else if (!strcmp(a, "--size"))
             bad = parse_int(v, 32, 1024, &size);
         else if (!strcmp(a, "--threads"))
             bad = parse_int(v, 1, PD_NET_MAX_THREADS, &threads);
-        else if (!strcmp(a, "--split")) {
-            if (strcmp(v, "layers") && strcmp(v, "blas"))
-                return die_usage("bench: --split '%s' is not layers or blas", v);
-            blas = !strcmp(v, "blas");
-        } else if (!strcmp(a, "--batch"))
+        else if (!strcmp(a, "--batch"))
             bad = parse_int(v, 1, 256, &batch);
         else if (!strcmp(a, "--iters"))
             bad = parse_int(v, 1, 100000, &iters);
@@ -953,23 +951,40 @@ static int cmd_bench(int argc, char **argv)
         return die_usage("bench: %s", "faces runs at batch 1, size 512");
     if (!size)
         size = faces ? PD_FACES_SIZE : 224;
-    /* the threads split each layer (the net's own pool, BLAS single-threaded inside), or only
-     * the GEMMs (OpenBLAS's threads): --split layers|blas */
-    openblas_set_num_threads(blas ? threads : 1);
+    /* the threads split each layer (the net's own pool); OpenBLAS single-threaded inside */
+    openblas_set_num_threads(1);
     pd_model *m;
     if (load_model(model, &m))
         return 1;
     pd_net *net;
     char msg[PD_MSG_MAX];
-    if (pd_net_new(m, batch, size, &net, msg) || (!blas && pd_net_set_threads(net, threads, msg))) {
+    if (pd_net_new(m, batch, size, &net, msg) || pd_net_set_threads(net, threads, msg)) {
         fprintf(stderr, "patchctl: %s\n", msg);
         pd_model_free(m);
         return 1;
     }
-    /* a deterministic input and a 5-class head */
-    float *in = pd_alloc_floats((size_t)batch * size * size * 3);
-    for (size_t i = 0; i < (size_t)batch * size * size * 3; i++)
-        in[i] = (float)((i * 2654435761u) % 255) / 127.5f - 1.0f;
+    /* the photo given, prepared as patchd prepares it, or a deterministic pattern; a 5-class
+     * head. The time depends a little on the input: the pointwise layers skip channels that
+     * ReLU6 zeroed (see core/ops.c), so a photo is the honest input. */
+    const size_t plane = (size_t)size * size * 3;
+    float *in = pd_alloc_floats((size_t)batch * plane);
+    if (image) {
+        struct pd_image img;
+        if (read_image(image, faces ? 0 : size, &img)) {
+            free(in);
+            pd_net_free(net);
+            pd_model_free(m);
+            return 1;
+        }
+        struct pd_crop crop = faces ? pd_crop_pad(&img) : pd_crop_full(&img);
+        pd_image_to_input(&img, &crop, size, in);
+        pd_image_fini(&img);
+        for (int b = 1; b < batch; b++)
+            memcpy(in + b * plane, in, plane * sizeof(float));
+    } else {
+        for (size_t i = 0; i < (size_t)batch * plane; i++)
+            in[i] = (float)((i * 2654435761u) % 255) / 127.5f - 1.0f;
+    }
     float *hw = pd_alloc_floats(PD_FEATURES * 5), *hb = pd_alloc_floats(5);
     for (int i = 0; i < PD_FEATURES * 5; i++)
         hw[i] = (float)((i % 7) - 3) * 0.01f;
@@ -993,9 +1008,9 @@ static int cmd_bench(int argc, char **argv)
     qsort(ms, (size_t)iters, sizeof(double), cmp_double);
     double med = iters % 2 ? ms[iters / 2] : (ms[iters / 2 - 1] + ms[iters / 2]) / 2;
     double p90 = ms[(int)(0.9 * (iters - 1) + 0.5)];
-    printf("{\"task\":\"%s\",\"size\":%d,\"threads\":%d,\"split\":\"%s\",\"batch\":%d,"
+    printf("{\"task\":\"%s\",\"size\":%d,\"threads\":%d,\"batch\":%d,\"input\":\"%s\","
            "\"iters\":%d,\"ms_median\":%.3f,\"ms_p90\":%.3f,\"images_per_s\":%.2f}\n",
-           task, size, threads, blas ? "blas" : "layers", batch, iters, med, p90,
+           task, size, threads, batch, image ? "photo" : "pattern", iters, med, p90,
            batch * 1e3 / med);
     free(ms), free(scores), free(boxes), free(pbuf), free(probs), free(tasks), free(hw), free(hb);
     free(in);

@@ -8,7 +8,11 @@ offers. Two graphs:
   faces     the SSD at 512: the backbone, 8 extra layers, 6 box predictors, box decoding against
             the anchors and the face score (sigmoid) - what patchctl bench --task faces times
 
-  torch_infer.py --task classify|faces [--size S] [--threads T] [--iters N]
+  torch_infer.py --task classify|faces [--size S] [--threads T] [--iters N] [--image JPEG]
+
+The input is the photo given (padded bottom/right to square for faces, resized bilinearly, x/127.5-1)
+or a fixed pattern; PyTorch's time does not depend on it, patchd's does a little (it skips channels
+that ReLU6 zeroed), so tests/bench/forward.sh gives both programs the same photo.
 
 Prints one JSON line like patchctl bench: ms_median, ms_p90, images_per_s. Before timing it checks
 that the optimised graph agrees with the eager one, and for faces that its per-anchor scores on
@@ -192,6 +196,7 @@ def main():
     ap.add_argument("--size", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--iters", type=int, default=30)
+    ap.add_argument("--image", default=None)
     ap.add_argument("--model", default=os.path.join(HERE, "..", "..", "models",
                                                    "ssd_mobilenet_v1.safetensors"))
     a = ap.parse_args()
@@ -199,8 +204,19 @@ def main():
     W = load_safetensors(a.model)
     size = a.size or (512 if a.task == "faces" else 224)
     model = (Faces(W) if a.task == "faces" else Classify(W, size)).eval()
-    x = torch.from_numpy(((np.arange(size * size * 3, dtype=np.int64) * 2654435761 % 255)
-                          .astype(np.float32) / 127.5 - 1).reshape(1, size, size, 3))
+    if a.image:
+        from PIL import Image
+        im = Image.open(a.image).convert("RGB")
+        if a.task == "faces":
+            side = max(im.size)
+            sq = Image.new("RGB", (side, side))
+            sq.paste(im, (0, 0))
+            im = sq
+        im = im.resize((size, size), Image.BILINEAR)
+        x = torch.from_numpy(np.asarray(im, dtype=np.float32)[None] / 127.5 - 1)
+    else:
+        x = torch.from_numpy(((np.arange(size * size * 3, dtype=np.int64) * 2654435761 % 255)
+                              .astype(np.float32) / 127.5 - 1).reshape(1, size, size, 3))
     x = x.permute(0, 3, 1, 2).contiguous()
     with torch.no_grad():
         eager = model(x)
@@ -220,6 +236,7 @@ def main():
     ms.sort()
     out = {"peer": "pytorch " + torch.__version__, "task": a.task, "size": size,
            "threads": a.threads, "batch": 1, "iters": a.iters,
+           "input": "photo" if a.image else "pattern",
            "ms_median": round(statistics.median(ms), 3),
            "ms_p90": round(ms[int(0.9 * (len(ms) - 1) + 0.5)], 3),
            "images_per_s": round(1e3 / statistics.median(ms), 2),

@@ -162,6 +162,23 @@ with tempfile.TemporaryDirectory() as d:
     r = t.run([t.PATCHCTL, "store", "ls", "--store", st])
     t.eq(json.loads(r.stdout), [], "store empty after rm")
 
+# bench: one JSON line, on the pattern and on a photo; bad options and files refused
+photo = os.path.join(t.TESTDATA, "faces", "sample1.jpg")
+for extra, inp in (([], "pattern"), (["--image", photo], "photo")):
+    r = t.run([t.PATCHCTL, "bench", "--model", t.MODEL, "--task", "classify", "--size", "96",
+               "--threads", "2", "--iters", "3"] + extra)
+    t.eq(r.returncode, 0, "bench " + inp, r.stderr)
+    b = json.loads(r.stdout)
+    t.check(b["input"] == inp and b["threads"] == 2 and b["size"] == 96 and b["ms_median"] > 0
+            and b["images_per_s"] > 0 and b["ms_p90"] >= b["ms_median"], "bench fields", b)
+r = t.run([t.PATCHCTL, "bench", "--model", t.MODEL, "--image", "/nonexistent.jpg"])
+t.check(r.returncode == 1 and "/nonexistent.jpg" in r.stderr, "bench with a missing photo",
+        r.stderr)
+r = t.run([t.PATCHCTL, "bench", "--task", "faces", "--batch", "2"])
+t.eq(r.returncode, 2, "bench faces at batch 2 is a usage error")
+r = t.run([t.PATCHCTL, "bench", "--split", "blas"])
+t.eq(r.returncode, 2, "bench --split is gone")
+
 r = t.run([t.PATCHCTL, "frobnicate"])
 t.eq(r.returncode, 2, "unknown command is a usage error")
 r = t.run([t.PATCHCTL, "--version"])
