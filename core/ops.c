@@ -414,9 +414,10 @@ AVX2 static void pw_direct_avx2(const float *x, int hw, int cin, const float *w,
  * result is bit for bit the dense product's (for finite weights) with that much less work. The
  * 6x16 kernel then runs over the panel's list of channels, gathering the weight rows by index.
  */
-#define PW_MC 198 /* rows per block: 33 panels, 198 KB of packed inputs at PW_KC */
+#define PW_MR 6 /* rows per panel: 12 accumulators, 2 weight vectors, 1 broadcast */
+#define PW_MC (PW_MR * (200 / PW_MR)) /* rows per block: about 200 KB of packed inputs at PW_KC */
 #define PW_KC 256 /* input channels per block: a weight strip of 16 KB stays in L1 */
-_Static_assert(PD_PW_SCRATCH_FLOATS == PW_MC * PW_KC + 8 + PW_MC / 6 * PW_KC, "scratch size");
+_Static_assert(PD_PW_SCRATCH_FLOATS == PW_MC * PW_KC + 8 + PW_MC / PW_MR * PW_KC, "scratch size");
 
 int pd_pw_packed_ok(int cin, int cout)
 {
@@ -441,42 +442,43 @@ void pd_pw_pack(const float *w, int cin, int cout, float *wp)
 AVX2 static int pw_pack_panel(const float *x, int cin, int r, int nr, int k0, int kc, float *ap,
                               int *idx)
 {
-    const float *row[6];
-    for (int i = 0; i < 6; i++)
+    const float *row[PW_MR];
+    for (int i = 0; i < PW_MR; i++)
         row[i] = x + (size_t)(r + (i < nr ? i : 0)) * cin + k0;
     const __m256 z = _mm256_setzero_ps();
     int n = 0, k = 0;
     for (; k + 8 <= kc; k += 8) {
-        __m256 v[6];
-        for (int i = 0; i < 6; i++)
-            v[i] = i < nr ? _mm256_loadu_ps(row[i] + k) : z;
+        __m256 v[8];
+        for (int i = 0; i < 8; i++)
+            v[i] = i < nr && i < PW_MR ? _mm256_loadu_ps(row[i] + k) : z;
         __m256 nz = _mm256_cmp_ps(v[0], z, _CMP_NEQ_UQ);
-        for (int i = 1; i < 6; i++)
+        for (int i = 1; i < PW_MR; i++)
             nz = _mm256_or_ps(nz, _mm256_cmp_ps(v[i], z, _CMP_NEQ_UQ));
         const unsigned keep = (unsigned)_mm256_movemask_ps(nz);
-        /* 8x8 transpose of rows v0..v5 and two zero rows */
+        /* 8x8 transpose of rows v0..v7 (zeros past the panel) */
         const __m256 t0 = _mm256_unpacklo_ps(v[0], v[1]), t1 = _mm256_unpackhi_ps(v[0], v[1]);
         const __m256 t2 = _mm256_unpacklo_ps(v[2], v[3]), t3 = _mm256_unpackhi_ps(v[2], v[3]);
         const __m256 t4 = _mm256_unpacklo_ps(v[4], v[5]), t5 = _mm256_unpackhi_ps(v[4], v[5]);
+        const __m256 t6 = _mm256_unpacklo_ps(v[6], v[7]), t7 = _mm256_unpackhi_ps(v[6], v[7]);
         const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xee);
         const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xee);
-        const __m256 u4 = _mm256_shuffle_ps(t4, z, 0x44), u5 = _mm256_shuffle_ps(t4, z, 0xee);
-        const __m256 u6 = _mm256_shuffle_ps(t5, z, 0x44), u7 = _mm256_shuffle_ps(t5, z, 0xee);
+        const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xee);
+        const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xee);
         const __m256 c[8] = {
             _mm256_permute2f128_ps(u0, u4, 0x20), _mm256_permute2f128_ps(u1, u5, 0x20),
             _mm256_permute2f128_ps(u2, u6, 0x20), _mm256_permute2f128_ps(u3, u7, 0x20),
             _mm256_permute2f128_ps(u0, u4, 0x31), _mm256_permute2f128_ps(u1, u5, 0x31),
             _mm256_permute2f128_ps(u2, u6, 0x31), _mm256_permute2f128_ps(u3, u7, 0x31)};
         for (int j = 0; j < 8; j++) {
-            _mm256_storeu_ps(ap + 6 * n, c[j]);
+            _mm256_storeu_ps(ap + PW_MR * n, c[j]);
             idx[n] = 16 * (k0 + k + j);
             n += (int)(keep >> j & 1);
         }
     }
     for (; k < kc; k++) { /* the last channels (kc not a multiple of 8) */
-        float *a = ap + 6 * n;
+        float *a = ap + PW_MR * n;
         int any = 0;
-        for (int i = 0; i < 6; i++) {
+        for (int i = 0; i < PW_MR; i++) {
             a[i] = i < nr ? row[i][k] : 0.0f;
             any |= a[i] != 0.0f;
         }
@@ -486,65 +488,43 @@ AVX2 static int pw_pack_panel(const float *x, int cin, int r, int nr, int k0, in
     return n;
 }
 
-/* One 6x16 tile: c (6 rows at stride ldc) = [c +] panel . strip, and on the last channel block
- * the scale/bias/act of each row's sample (sc[i], bi[i] point at the tile's 16 channels). */
 AVX2 static void pw_packed_tile(int n, const float *a, const int *idx, const float *b, float *c,
                                 int ldc, int first, int last, const float *const *sc,
                                 const float *const *bi, enum pd_act act)
 {
-    __m256 c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51;
-    if (first) {
-        c00 = c01 = c10 = c11 = c20 = c21 = _mm256_setzero_ps();
-        c30 = c31 = c40 = c41 = c50 = c51 = _mm256_setzero_ps();
-    } else {
-        c00 = _mm256_loadu_ps(c), c01 = _mm256_loadu_ps(c + 8);
-        c10 = _mm256_loadu_ps(c + ldc), c11 = _mm256_loadu_ps(c + ldc + 8);
-        c20 = _mm256_loadu_ps(c + 2 * ldc), c21 = _mm256_loadu_ps(c + 2 * ldc + 8);
-        c30 = _mm256_loadu_ps(c + 3 * ldc), c31 = _mm256_loadu_ps(c + 3 * ldc + 8);
-        c40 = _mm256_loadu_ps(c + 4 * ldc), c41 = _mm256_loadu_ps(c + 4 * ldc + 8);
-        c50 = _mm256_loadu_ps(c + 5 * ldc), c51 = _mm256_loadu_ps(c + 5 * ldc + 8);
+    __m256 acc[PW_MR][2];
+#pragma GCC unroll 8
+    for (int i = 0; i < PW_MR; i++) {
+        acc[i][0] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(c + i * ldc);
+        acc[i][1] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(c + i * ldc + 8);
     }
-    for (int t = 0; t < n; t++, a += 6) {
+    for (int t = 0; t < n; t++, a += PW_MR) {
         const float *w = b + idx[t];
         const __m256 b0 = _mm256_load_ps(w), b1 = _mm256_load_ps(w + 8);
-        __m256 v = _mm256_broadcast_ss(a);
-        c00 = _mm256_fmadd_ps(v, b0, c00), c01 = _mm256_fmadd_ps(v, b1, c01);
-        v = _mm256_broadcast_ss(a + 1);
-        c10 = _mm256_fmadd_ps(v, b0, c10), c11 = _mm256_fmadd_ps(v, b1, c11);
-        v = _mm256_broadcast_ss(a + 2);
-        c20 = _mm256_fmadd_ps(v, b0, c20), c21 = _mm256_fmadd_ps(v, b1, c21);
-        v = _mm256_broadcast_ss(a + 3);
-        c30 = _mm256_fmadd_ps(v, b0, c30), c31 = _mm256_fmadd_ps(v, b1, c31);
-        v = _mm256_broadcast_ss(a + 4);
-        c40 = _mm256_fmadd_ps(v, b0, c40), c41 = _mm256_fmadd_ps(v, b1, c41);
-        v = _mm256_broadcast_ss(a + 5);
-        c50 = _mm256_fmadd_ps(v, b0, c50), c51 = _mm256_fmadd_ps(v, b1, c51);
+#pragma GCC unroll 8
+        for (int i = 0; i < PW_MR; i++) {
+            const __m256 v = _mm256_broadcast_ss(a + i);
+            acc[i][0] = _mm256_fmadd_ps(v, b0, acc[i][0]);
+            acc[i][1] = _mm256_fmadd_ps(v, b1, acc[i][1]);
+        }
     }
     if (last) {
         const __m256 zero = _mm256_setzero_ps(), six = _mm256_set1_ps(6.0f);
-#define PW_EPI(r, lo, hi)                                                                          \
-    do {                                                                                           \
-        lo = _mm256_fmadd_ps(lo, _mm256_loadu_ps(sc[r]), _mm256_loadu_ps(bi[r]));                  \
-        hi = _mm256_fmadd_ps(hi, _mm256_loadu_ps(sc[r] + 8), _mm256_loadu_ps(bi[r] + 8));          \
-        if (act == PD_ACT_RELU6) {                                                                 \
-            lo = _mm256_min_ps(_mm256_max_ps(lo, zero), six);                                      \
-            hi = _mm256_min_ps(_mm256_max_ps(hi, zero), six);                                      \
-        }                                                                                          \
-    } while (0)
-        PW_EPI(0, c00, c01);
-        PW_EPI(1, c10, c11);
-        PW_EPI(2, c20, c21);
-        PW_EPI(3, c30, c31);
-        PW_EPI(4, c40, c41);
-        PW_EPI(5, c50, c51);
-#undef PW_EPI
+#pragma GCC unroll 8
+        for (int i = 0; i < PW_MR; i++)
+            for (int h = 0; h < 2; h++) {
+                __m256 o = _mm256_fmadd_ps(acc[i][h], _mm256_loadu_ps(sc[i] + 8 * h),
+                                           _mm256_loadu_ps(bi[i] + 8 * h));
+                if (act == PD_ACT_RELU6)
+                    o = _mm256_min_ps(_mm256_max_ps(o, zero), six);
+                acc[i][h] = o;
+            }
     }
-    _mm256_storeu_ps(c, c00), _mm256_storeu_ps(c + 8, c01);
-    _mm256_storeu_ps(c + ldc, c10), _mm256_storeu_ps(c + ldc + 8, c11);
-    _mm256_storeu_ps(c + 2 * ldc, c20), _mm256_storeu_ps(c + 2 * ldc + 8, c21);
-    _mm256_storeu_ps(c + 3 * ldc, c30), _mm256_storeu_ps(c + 3 * ldc + 8, c31);
-    _mm256_storeu_ps(c + 4 * ldc, c40), _mm256_storeu_ps(c + 4 * ldc + 8, c41);
-    _mm256_storeu_ps(c + 5 * ldc, c50), _mm256_storeu_ps(c + 5 * ldc + 8, c51);
+#pragma GCC unroll 8
+    for (int i = 0; i < PW_MR; i++) {
+        _mm256_storeu_ps(c + i * ldc, acc[i][0]);
+        _mm256_storeu_ps(c + i * ldc + 8, acc[i][1]);
+    }
 }
 
 AVX2 static void pw_packed_avx2(const float *x, int hw, int cin, const float *wp, int cout,
@@ -552,39 +532,40 @@ AVX2 static void pw_packed_avx2(const float *x, int hw, int cin, const float *wp
                                 enum pd_act act, float *y, int r0, int r1, int c0, int c1,
                                 float *scratch)
 {
-    float *ap = scratch; /* PW_MC / 6 panels of up to (PW_KC, 6), then 8 floats of room */
-    int *idx = (int *)(scratch + PW_MC * PW_KC + 8), cnt[PW_MC / 6];
+    float *ap = scratch; /* panels of up to (PW_KC, PW_MR), then 8 floats of room */
+    int *idx = (int *)(scratch + PW_MC * PW_KC + 8), cnt[PW_MC / PW_MR];
     for (int m0 = r0; m0 < r1; m0 += PW_MC) {
-        const int m1 = m0 + PW_MC < r1 ? m0 + PW_MC : r1, panels = (m1 - m0 + 5) / 6;
+        const int m1 = m0 + PW_MC < r1 ? m0 + PW_MC : r1, panels = (m1 - m0 + PW_MR - 1) / PW_MR;
         for (int k0 = 0; k0 < cin; k0 += PW_KC) {
             const int kc = cin - k0 < PW_KC ? cin - k0 : PW_KC;
             for (int p = 0; p < panels; p++) {
-                const int r = m0 + 6 * p, nr = m1 - r < 6 ? m1 - r : 6;
-                cnt[p] = pw_pack_panel(x, cin, r, nr, k0, kc, ap + (size_t)p * 6 * PW_KC,
+                const int r = m0 + PW_MR * p, nr = m1 - r < PW_MR ? m1 - r : PW_MR;
+                cnt[p] = pw_pack_panel(x, cin, r, nr, k0, kc, ap + (size_t)p * PW_MR * PW_KC,
                                        idx + (size_t)p * PW_KC);
             }
             const int first = k0 == 0, last = k0 + kc >= cin;
             for (int n0 = c0; n0 < c1; n0 += 16) {
                 const float *b = wp + (size_t)n0 * cin; /* strip n0 / 16 */
                 for (int p = 0; p < panels; p++) {
-                    const int r = m0 + 6 * p, nr = m1 - r < 6 ? m1 - r : 6;
-                    const float *sc[6], *bi[6];
-                    for (int i = 0; i < 6; i++) {
+                    const int r = m0 + PW_MR * p, nr = m1 - r < PW_MR ? m1 - r : PW_MR;
+                    const float *sc[PW_MR], *bi[PW_MR];
+                    for (int i = 0; i < PW_MR; i++) {
                         const int smp = (r + (i < nr ? i : 0)) / hw;
                         sc[i] = scale[smp] + n0, bi[i] = bias[smp] + n0;
                     }
                     float *c = y + (size_t)r * cout + n0;
-                    if (nr == 6) {
-                        pw_packed_tile(cnt[p], ap + (size_t)p * 6 * PW_KC, idx + (size_t)p * PW_KC,
-                                       b, c, cout, first, last, sc, bi, act);
+                    const float *a = ap + (size_t)p * PW_MR * PW_KC;
+                    if (nr == PW_MR) {
+                        pw_packed_tile(cnt[p], a, idx + (size_t)p * PW_KC, b, c, cout, first, last,
+                                       sc, bi, act);
                         continue;
                     }
                     /* the block's last rows: through a whole tile on the side */
-                    float tile[6 * 16];
+                    float tile[PW_MR * 16];
                     for (int i = 0; i < nr; i++)
                         memcpy(tile + 16 * i, c + (size_t)i * cout, 16 * sizeof(float));
-                    pw_packed_tile(cnt[p], ap + (size_t)p * 6 * PW_KC, idx + (size_t)p * PW_KC, b,
-                                   tile, 16, first, last, sc, bi, act);
+                    pw_packed_tile(cnt[p], a, idx + (size_t)p * PW_KC, b, tile, 16, first, last, sc,
+                                   bi, act);
                     for (int i = 0; i < nr; i++)
                         memcpy(c + (size_t)i * cout, tile + 16 * i, 16 * sizeof(float));
                 }

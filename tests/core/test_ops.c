@@ -168,7 +168,7 @@ static void test_dw_variants(void **state)
     (void)state;
     static const int shapes[][4] = {{112, 112, 32, 1}, {112, 112, 64, 2}, {28, 28, 256, 1},
                                     {14, 14, 512, 2},  {7, 7, 1024, 1},   {9, 5, 20, 2},
-                                    {1, 1, 16, 1},     {2, 3, 12, 2}};
+                                    {1, 1, 16, 1},     {2, 3, 12, 2},     {6, 9, 20, 1}};
     for (size_t t = 0; t < sizeof(shapes) / sizeof(shapes[0]); t++) {
         int h = shapes[t][0], w = shapes[t][1], c = shapes[t][2], s = shapes[t][3];
         size_t nout = (size_t)pd_same_out(h, s) * pd_same_out(w, s) * c;
