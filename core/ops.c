@@ -131,6 +131,43 @@ conv_direct_nv(const float *x, int h, int w, int cin, const float *wt, int k, in
     for (int r = r0; r < r1; r++) {
         const int i = r / (oh * ow), oy = r / ow % oh, ox = r % ow;
         const float *xi = x + (size_t)i * h * w * cin;
+        const int iy0 = oy * s - pt, ix0 = ox * s - pl;
+        if (nv <= 4 && r + 1 < r1 && ox + 1 < ow && iy0 >= 0 && iy0 + k <= h && ix0 >= 0 &&
+            ix0 + s + k <= w) {
+            /* two neighbouring pixels with all their taps inside: each weight vector loaded once
+             * for both (the same additions in the same order as one at a time) */
+            __m256 a0[4], a1[4];
+            for (int v = 0; v < nv; v++)
+                a0[v] = a1[v] = _mm256_setzero_ps();
+            const float *p0 = xi + ((size_t)iy0 * w + ix0) * cin, *p1 = p0 + (size_t)s * cin;
+            for (int ky = 0; ky < k; ky++)
+                for (int kx = 0; kx < k; kx++)
+                    for (int ci = 0; ci < cin; ci++) {
+                        const size_t o = ((size_t)ky * w + kx) * cin + ci;
+                        const __m256 b0 = _mm256_broadcast_ss(p0 + o),
+                                     b1 = _mm256_broadcast_ss(p1 + o);
+                        const float *wk = wt + ((size_t)(ky * k + kx) * cin + ci) * cout;
+                        for (int v = 0; v < nv; v++) {
+                            const __m256 wv = _mm256_loadu_ps(wk + 8 * v);
+                            a0[v] = _mm256_fmadd_ps(b0, wv, a0[v]);
+                            a1[v] = _mm256_fmadd_ps(b1, wv, a1[v]);
+                        }
+                    }
+            const float *sc = scale[i], *bi = bias[i];
+            float *out = y + (size_t)r * cout;
+            for (int v = 0; v < nv; v++) {
+                const __m256 vs = _mm256_loadu_ps(sc + 8 * v), vb = _mm256_loadu_ps(bi + 8 * v);
+                __m256 o0 = _mm256_fmadd_ps(a0[v], vs, vb), o1 = _mm256_fmadd_ps(a1[v], vs, vb);
+                if (act == PD_ACT_RELU6) {
+                    o0 = _mm256_min_ps(_mm256_max_ps(o0, zero), six);
+                    o1 = _mm256_min_ps(_mm256_max_ps(o1, zero), six);
+                }
+                _mm256_storeu_ps(out + 8 * v, o0);
+                _mm256_storeu_ps(out + cout + 8 * v, o1);
+            }
+            r++;
+            continue;
+        }
         __m256 acc[8];
         for (int v = 0; v < nv; v++)
             acc[v] = _mm256_setzero_ps();

@@ -160,6 +160,12 @@ static void test_layers_random(void **state)
     run_case(2, 12, 11, 21, 21, 3, 1, 1);
     run_case(1, 13, 13, 40, 40, 3, 2, 1);
     run_case(3, 37, 29, 8, 100, 1, 1, 2);
+    /* the direct conv0 kernel (few inputs, outputs in multiples of 8), whose interior pixels go
+     * in pairs: odd and even sides, stride 1 and 2, pairs at row ends and sample boundaries */
+    run_case(2, 17, 16, 3, 32, 3, 2, 0);
+    run_case(1, 12, 13, 3, 16, 3, 1, 0);
+    run_case(2, 9, 9, 2, 24, 3, 2, 0);
+    run_case(1, 10, 11, 4, 64, 3, 2, 0);
 }
 
 /* The AVX2 depthwise kernel against the portable one on the network's own shapes. */
