@@ -571,8 +571,13 @@ AVX2 static void pw_packed_avx2(const float *x, int hw, int cin, const float *wp
 {
     float *ap = scratch; /* panels of up to (PW_KC, PW_MR), then 8 floats of room */
     int *idx = (int *)(scratch + PW_MC * PW_KC + 8), cnt[PW_MC / PW_MR];
+    const float *rs[PW_MC], *rb[PW_MC]; /* each row's sample's scale and bias */
     for (int m0 = r0; m0 < r1; m0 += PW_MC) {
         const int m1 = m0 + PW_MC < r1 ? m0 + PW_MC : r1, panels = (m1 - m0 + PW_MR - 1) / PW_MR;
+        for (int i = 0; i < panels * PW_MR; i++) {
+            const int smp = (m0 + i < m1 ? m0 + i : m0) / hw;
+            rs[i] = scale[smp], rb[i] = bias[smp];
+        }
         for (int k0 = 0; k0 < cin; k0 += PW_KC) {
             const int kc = cin - k0 < PW_KC ? cin - k0 : PW_KC;
             for (int p = 0; p < panels; p++) {
@@ -586,10 +591,8 @@ AVX2 static void pw_packed_avx2(const float *x, int hw, int cin, const float *wp
                 for (int p = 0; p < panels; p++) {
                     const int r = m0 + PW_MR * p, nr = m1 - r < PW_MR ? m1 - r : PW_MR;
                     const float *sc[PW_MR], *bi[PW_MR];
-                    for (int i = 0; i < PW_MR; i++) {
-                        const int smp = (r + (i < nr ? i : 0)) / hw;
-                        sc[i] = scale[smp] + n0, bi[i] = bias[smp] + n0;
-                    }
+                    for (int i = 0; i < PW_MR; i++)
+                        sc[i] = rs[PW_MR * p + i] + n0, bi[i] = rb[PW_MR * p + i] + n0;
                     float *c = y + (size_t)r * cout + n0;
                     const float *a = ap + (size_t)p * PW_MR * PW_KC;
                     if (nr == PW_MR) {
