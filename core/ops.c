@@ -525,13 +525,16 @@ AVX2 static int pw_pack_panel(const float *x, int cin, int r, int nr, int k0, in
     return n;
 }
 
-AVX2 static void pw_packed_tile(int n, const float *a, const int *idx, const float *b, float *c,
-                                int ldc, int first, int last, const float *const *sc,
-                                const float *const *bi, enum pd_act act)
+/* One tile of mr <= PW_MR rows (a constant in each instance, so the accumulators stay in
+ * registers): c (mr rows at stride ldc) = [c +] panel . strip, and on the last channel block the
+ * scale/bias/act of each row's sample (sc[i], bi[i] point at the tile's 16 channels). */
+AVX2 static inline __attribute__((always_inline)) void
+pw_tile_rows(const int mr, int n, const float *a, const int *idx, const float *b, float *c, int ldc,
+             int first, int last, const float *const *sc, const float *const *bi, enum pd_act act)
 {
     __m256 acc[PW_MR][2];
 #pragma GCC unroll 8
-    for (int i = 0; i < PW_MR; i++) {
+    for (int i = 0; i < mr; i++) {
         acc[i][0] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(c + i * ldc);
         acc[i][1] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(c + i * ldc + 8);
     }
@@ -539,7 +542,7 @@ AVX2 static void pw_packed_tile(int n, const float *a, const int *idx, const flo
         const float *w = b + idx[t];
         const __m256 b0 = _mm256_load_ps(w), b1 = _mm256_load_ps(w + 8);
 #pragma GCC unroll 8
-        for (int i = 0; i < PW_MR; i++) {
+        for (int i = 0; i < mr; i++) {
             const __m256 v = _mm256_broadcast_ss(a + i);
             acc[i][0] = _mm256_fmadd_ps(v, b0, acc[i][0]);
             acc[i][1] = _mm256_fmadd_ps(v, b1, acc[i][1]);
@@ -548,7 +551,7 @@ AVX2 static void pw_packed_tile(int n, const float *a, const int *idx, const flo
     if (last) {
         const __m256 zero = _mm256_setzero_ps(), six = _mm256_set1_ps(6.0f);
 #pragma GCC unroll 8
-        for (int i = 0; i < PW_MR; i++)
+        for (int i = 0; i < mr; i++)
             for (int h = 0; h < 2; h++) {
                 __m256 o = _mm256_fmadd_ps(acc[i][h], _mm256_loadu_ps(sc[i] + 8 * h),
                                            _mm256_loadu_ps(bi[i] + 8 * h));
@@ -558,9 +561,24 @@ AVX2 static void pw_packed_tile(int n, const float *a, const int *idx, const flo
             }
     }
 #pragma GCC unroll 8
-    for (int i = 0; i < PW_MR; i++) {
+    for (int i = 0; i < mr; i++) {
         _mm256_storeu_ps(c + i * ldc, acc[i][0]);
         _mm256_storeu_ps(c + i * ldc + 8, acc[i][1]);
+    }
+}
+
+/* A block's last panel may have fewer rows: a kernel of that height, not a padded tile. */
+AVX2 static void pw_packed_tile(int nr, int n, const float *a, const int *idx, const float *b,
+                                float *c, int ldc, int first, int last, const float *const *sc,
+                                const float *const *bi, enum pd_act act)
+{
+    switch (nr) {
+#define TILE(r)                                                                                    \
+    case r:                                                                                        \
+        pw_tile_rows(r, n, a, idx, b, c, ldc, first, last, sc, bi, act);                           \
+        break;
+        TILE(1) TILE(2) TILE(3) TILE(4) TILE(5) TILE(6)
+#undef TILE
     }
 }
 
@@ -595,19 +613,8 @@ AVX2 static void pw_packed_avx2(const float *x, int hw, int cin, const float *wp
                         sc[i] = rs[PW_MR * p + i] + n0, bi[i] = rb[PW_MR * p + i] + n0;
                     float *c = y + (size_t)r * cout + n0;
                     const float *a = ap + (size_t)p * PW_MR * PW_KC;
-                    if (nr == PW_MR) {
-                        pw_packed_tile(cnt[p], a, idx + (size_t)p * PW_KC, b, c, cout, first, last,
-                                       sc, bi, act);
-                        continue;
-                    }
-                    /* the block's last rows: through a whole tile on the side */
-                    float tile[PW_MR * 16];
-                    for (int i = 0; i < nr; i++)
-                        memcpy(tile + 16 * i, c + (size_t)i * cout, 16 * sizeof(float));
-                    pw_packed_tile(cnt[p], a, idx + (size_t)p * PW_KC, b, tile, 16, first, last, sc,
-                                   bi, act);
-                    for (int i = 0; i < nr; i++)
-                        memcpy(c + (size_t)i * cout, tile + 16 * i, 16 * sizeof(float));
+                    pw_packed_tile(nr, cnt[p], a, idx + (size_t)p * PW_KC, b, c, cout, first, last,
+                                   sc, bi, act);
                 }
             }
         }

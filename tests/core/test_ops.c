@@ -277,6 +277,14 @@ static void test_pw_packed(void **state)
         pd_op_pw_packed_part(x, rows, h * h, cin, wp, cout, sc, bi, PD_ACT_RELU6, y, 61, rows, 0,
                              48, scratch);
         compare(y, want, (size_t)rows * cout, "packed pointwise parts");
+        /* parts ending in panels of 4 and 5 rows (the whole op ends in 3, the parts above in 1
+         * and 2) */
+        memset(y, 0, sizeof(float) * rows * cout);
+        pd_op_pw_packed_part(x, rows, h * h, cin, wp, cout, sc, bi, PD_ACT_RELU6, y, 0, 52, 0, 48,
+                             scratch);
+        pd_op_pw_packed_part(x, rows, h * h, cin, wp, cout, sc, bi, PD_ACT_RELU6, y, 52, rows, 0,
+                             48, scratch);
+        compare(y, want, (size_t)rows * cout, "packed pointwise parts of 4 and 5 rows");
         free(x), free(wt), free(wp), free(y), free(scratch), free(want);
         for (int i = 0; i < 3; i++)
             free((void *)sc[i]), free((void *)bi[i]);
