@@ -131,12 +131,14 @@ static void test_train_sbdw(void **state)
     assert_int_equal(tr.n, 48);
     assert_string_equal(tr.labels[0], "horizontal");
     struct log lg = {0};
+    /* under valgrind (tests/valgrind.sh) 2 epochs: every path still runs, in a fraction of the
+     * time; the accuracy bar needs the 5 */
+    const int slow = getenv("PD_UNDER_VALGRIND") != NULL, epochs = slow ? 2 : 5;
     struct pd_train_opts o = {.kind = PD_TRAIN_SBDW,
-                              .epochs = 5,
+                              .epochs = epochs,
                               .size = 64,
                               .batch = 8,
-                              /* valgrind runs one thread at a time: a spinning pool crawls */
-                              .threads = getenv("PD_UNDER_VALGRIND") ? 1 : 2,
+                              .threads = slow ? 1 : 2, /* valgrind runs one at a time */
                               .seed = 7,
                               .progress = on_progress,
                               .ctx = &lg};
@@ -148,10 +150,10 @@ static void test_train_sbdw(void **state)
     printf("sbdw on stripes: loss %.4f -> %.4f over %d epochs, val accuracy %.3f (probe %.3f), "
            "%.1f s\n",
            lg.first_loss, lg.last_loss, lg.epochs_done, r1.val_acc, r1.probe_val_acc, r1.seconds);
-    assert_int_equal(lg.epochs_done, 5);
+    assert_int_equal(lg.epochs_done, epochs);
     assert_true(lg.last_loss < lg.first_loss);
-    assert_true(r1.val_acc >= 0.8); /* chance is 0.5 */
-    assert_int_equal(r1.steps, 30);
+    assert_true(slow || r1.val_acc >= 0.8); /* chance is 0.5 */
+    assert_int_equal(r1.steps, 6 * epochs);
     assert_non_null(r1.p.head_w);
     /* deterministic: the same seed gives the same bits */
     o.progress = NULL;
