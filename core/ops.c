@@ -45,6 +45,15 @@ static void sba_row_c(float *row, const float *scale, const float *bias, int c0,
 }
 
 #ifdef PD_X86
+/* act(v * scale + bias) for 8 channels: the epilogue every direct kernel applies in registers. */
+AVX2 static inline __m256 sba8(__m256 v, const float *scale, const float *bias, enum pd_act act)
+{
+    v = _mm256_fmadd_ps(v, _mm256_loadu_ps(scale), _mm256_loadu_ps(bias));
+    if (act == PD_ACT_RELU6)
+        v = _mm256_min_ps(_mm256_max_ps(v, _mm256_setzero_ps()), _mm256_set1_ps(6.0f));
+    return v;
+}
+
 AVX2 static void sba_row_avx2(float *row, const float *scale, const float *bias, int c0, int c1,
                               enum pd_act act)
 {
@@ -127,7 +136,6 @@ conv_direct_nv(const float *x, int h, int w, int cin, const float *wt, int k, in
 {
     const int oh = pd_same_out(h, s), ow = pd_same_out(w, s), cout = 8 * nv;
     const int pt = pd_same_pad(h, k, s), pl = pd_same_pad(w, k, s);
-    const __m256 zero = _mm256_setzero_ps(), six = _mm256_set1_ps(6.0f);
     for (int r = r0; r < r1; r++) {
         const int i = r / (oh * ow), oy = r / ow % oh, ox = r % ow;
         const float *xi = x + (size_t)i * h * w * cin;
@@ -156,14 +164,8 @@ conv_direct_nv(const float *x, int h, int w, int cin, const float *wt, int k, in
             const float *sc = scale[i], *bi = bias[i];
             float *out = y + (size_t)r * cout;
             for (int v = 0; v < nv; v++) {
-                const __m256 vs = _mm256_loadu_ps(sc + 8 * v), vb = _mm256_loadu_ps(bi + 8 * v);
-                __m256 o0 = _mm256_fmadd_ps(a0[v], vs, vb), o1 = _mm256_fmadd_ps(a1[v], vs, vb);
-                if (act == PD_ACT_RELU6) {
-                    o0 = _mm256_min_ps(_mm256_max_ps(o0, zero), six);
-                    o1 = _mm256_min_ps(_mm256_max_ps(o1, zero), six);
-                }
-                _mm256_storeu_ps(out + 8 * v, o0);
-                _mm256_storeu_ps(out + cout + 8 * v, o1);
+                _mm256_storeu_ps(out + 8 * v, sba8(a0[v], sc + 8 * v, bi + 8 * v, act));
+                _mm256_storeu_ps(out + cout + 8 * v, sba8(a1[v], sc + 8 * v, bi + 8 * v, act));
             }
             r++;
             continue;
@@ -191,13 +193,8 @@ conv_direct_nv(const float *x, int h, int w, int cin, const float *wt, int k, in
         }
         const float *sc = scale[i], *bi = bias[i];
         float *out = y + (size_t)r * cout;
-        for (int v = 0; v < nv; v++) {
-            __m256 o =
-                _mm256_fmadd_ps(acc[v], _mm256_loadu_ps(sc + 8 * v), _mm256_loadu_ps(bi + 8 * v));
-            if (act == PD_ACT_RELU6)
-                o = _mm256_min_ps(_mm256_max_ps(o, zero), six);
-            _mm256_storeu_ps(out + 8 * v, o);
-        }
+        for (int v = 0; v < nv; v++)
+            _mm256_storeu_ps(out + 8 * v, sba8(acc[v], sc + 8 * v, bi + 8 * v, act));
     }
 }
 
@@ -403,18 +400,12 @@ pw_tile(const float *x, int cin, const float *w, int cout, int r, const int nr, 
             acc[i][1] = _mm256_fmadd_ps(a, b1, acc[i][1]);
         }
     }
-    const __m256 zero = _mm256_setzero_ps(), six = _mm256_set1_ps(6.0f);
     for (int i = 0; i < nr; i++) {
         const int smp = (r + i) / hw;
         const float *sc = scale[smp] + n0, *bi = bias[smp] + n0;
         float *out = y + (size_t)(r + i) * cout + n0;
-        for (int h = 0; h < 2; h++) {
-            __m256 o = _mm256_fmadd_ps(acc[i][h], _mm256_loadu_ps(sc + 8 * h),
-                                       _mm256_loadu_ps(bi + 8 * h));
-            if (act == PD_ACT_RELU6)
-                o = _mm256_min_ps(_mm256_max_ps(o, zero), six);
-            _mm256_storeu_ps(out + 8 * h, o);
-        }
+        for (int h = 0; h < 2; h++)
+            _mm256_storeu_ps(out + 8 * h, sba8(acc[i][h], sc + 8 * h, bi + 8 * h, act));
     }
 }
 
@@ -549,16 +540,10 @@ pw_tile_rows(const int mr, int n, const float *a, const int *idx, const float *b
         }
     }
     if (last) {
-        const __m256 zero = _mm256_setzero_ps(), six = _mm256_set1_ps(6.0f);
 #pragma GCC unroll 8
         for (int i = 0; i < mr; i++)
-            for (int h = 0; h < 2; h++) {
-                __m256 o = _mm256_fmadd_ps(acc[i][h], _mm256_loadu_ps(sc[i] + 8 * h),
-                                           _mm256_loadu_ps(bi[i] + 8 * h));
-                if (act == PD_ACT_RELU6)
-                    o = _mm256_min_ps(_mm256_max_ps(o, zero), six);
-                acc[i][h] = o;
-            }
+            for (int h = 0; h < 2; h++)
+                acc[i][h] = sba8(acc[i][h], sc[i] + 8 * h, bi[i] + 8 * h, act);
     }
 #pragma GCC unroll 8
     for (int i = 0; i < mr; i++) {
