@@ -1,0 +1,181 @@
+/*
+ * Where a classification pass spends its time, layer by layer, on a photo at 224, one thread.
+ * The backbone runs layer after layer through the ops the net uses (conv0 direct, depthwise, the
+ * packed pointwise kernel). Each layer is timed in sequence (its input just written by the layer
+ * before, between two buffers as in a forward pass; the median over N passes) and hot (the same
+ * call repeated at once, data in cache; the median over N rounds of 20 calls). For each pointwise
+ * layer also: the share of input channels zero in a whole 6-pixel panel (what the packed kernel
+ * skips), and the unpacked path hot (OpenBLAS's GEMM plus the epilogue, or the direct kernel for
+ * at most 128 inputs), alternating with the packed one round by round.
+ *
+ *   build/tests/bench_layers PHOTO.jpg [N]       (PD_MODEL or models/ the backbone)
+ */
+#include "../../core/image.h"
+#include "../../core/net.h"
+#include "../../core/ops.h"
+
+#include <cblas.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct bufs {
+    float *wp[PD_NLAYERS]; /* pointwise weights packed as the net packs them */
+    float *col, *scratch;
+};
+
+/* Runs layer l of m on x (side h) into y; packed: the pointwise kernel the net uses. */
+static void layer(const pd_model *m, const struct bufs *b, int l, const float *x, int h, float *y,
+                  int packed)
+{
+    const struct pd_layer_info *li = pd_layer_info(l);
+    const float *sc[1] = {pd_model_scale(m, l)}, *bi[1] = {pd_model_bias(m, l)};
+    const int rows = pd_same_out(h, li->stride) * pd_same_out(h, li->stride);
+    if (l == 0) {
+        pd_op_conv(x, 1, h, h, 3, pd_model_weights(m, l), 3, 2, li->cout, sc, bi, PD_ACT_RELU6, y,
+                   b->col);
+    } else if (pd_layer_is_dw(l)) {
+        const float *k[1] = {pd_model_dw(m, l)};
+        pd_op_dw(x, 1, h, h, li->cin, k, li->stride, sc, bi, PD_ACT_RELU6, y);
+    } else if (packed) {
+        pd_op_pw_packed_part(x, rows, rows, li->cin, b->wp[l], li->cout, sc, bi, PD_ACT_RELU6, y, 0,
+                             rows, 0, li->cout, b->scratch);
+    } else {
+        pd_op_pw_part(x, rows, rows, li->cin, pd_model_weights(m, l), li->cout, sc, bi,
+                      PD_ACT_RELU6, y, 0, rows, 0, li->cout);
+    }
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    const double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        fprintf(stderr, "usage: bench_layers PHOTO.jpg [N]\n");
+        return 2;
+    }
+    const int rounds = argc > 2 && atoi(argv[2]) > 0 ? atoi(argv[2]) : 9, size = 224, calls = 20;
+    const char *model =
+        getenv("PD_MODEL") ? getenv("PD_MODEL") : "models/ssd_mobilenet_v1.safetensors";
+    char msg[PD_MSG_MAX];
+    pd_model *m;
+    uint8_t *buf;
+    size_t len;
+    struct pd_image img;
+    if (pd_model_load(model, &m, msg) || pd_read_file(argv[1], 256 << 20, &buf, &len, msg) ||
+        pd_image_decode_jpeg(buf, len, PD_IMAGE_MAX_PIXELS, &img, msg)) {
+        fprintf(stderr, "bench_layers: %s\n", msg);
+        return 1;
+    }
+    if (!pd_pw_packed_ok(32, 64)) {
+        fprintf(stderr, "bench_layers: this CPU lacks AVX2+FMA\n");
+        return 1;
+    }
+    openblas_set_num_threads(1);
+    /* for the hot runs every layer's output is kept (each layer's own input), 13 MB at 224 */
+    float *act[PD_NLAYERS + 1], *z = pd_alloc_floats((size_t)112 * 112 * 64);
+    int side[PD_NLAYERS + 1];
+    struct bufs b = {.col = pd_alloc_floats(pd_conv_col_floats(1, size, size, 3, 3, 2)),
+                     .scratch = pd_alloc_floats(PD_PW_SCRATCH_FLOATS)};
+    side[0] = size;
+    act[0] = pd_alloc_floats((size_t)size * size * 3);
+    for (int l = 0; l < PD_NLAYERS; l++) {
+        const struct pd_layer_info *li = pd_layer_info(l);
+        side[l + 1] = pd_same_out(side[l], li->stride);
+        act[l + 1] = pd_alloc_floats((size_t)side[l + 1] * side[l + 1] * li->cout);
+        if (!pd_layer_is_dw(l) && l > 0) {
+            b.wp[l] = pd_alloc_floats((size_t)li->cin * li->cout);
+            pd_pw_pack(pd_model_weights(m, l), li->cin, li->cout, b.wp[l]);
+        }
+    }
+    struct pd_crop crop = pd_crop_full(&img);
+    pd_image_to_input(&img, &crop, size, act[0]);
+
+    /* in sequence: whole passes, layer after layer, between two buffers as the net does */
+    float *pp[2] = {pd_alloc_floats((size_t)112 * 112 * 64),
+                    pd_alloc_floats((size_t)112 * 112 * 64)};
+    double *seq = calloc((size_t)rounds * PD_NLAYERS, sizeof(double));
+    for (int r = -1; r < rounds; r++) /* one pass to warm up */
+        for (int l = 0; l < PD_NLAYERS; l++) {
+            double t0 = pd_now();
+            layer(m, &b, l, l ? pp[(l - 1) & 1] : act[0], side[l], pp[l & 1], 1);
+            if (r >= 0)
+                seq[(size_t)l * rounds + r] = pd_now() - t0;
+        }
+    /* every layer's input kept for the hot runs: one more pass, untimed */
+    for (int l = 0; l < PD_NLAYERS; l++)
+        layer(m, &b, l, act[l], side[l], act[l + 1], 1);
+    double tot_seq = 0, tot_hot = 0, kind_seq[3] = {0}, kind_hot[3] = {0};
+    double sum_unpacked = 0, sum_packed = 0;
+    static const char *kind_name[3] = {"conv0", "depthwise", "pointwise"};
+    for (int l = 0; l < PD_NLAYERS; l++) {
+        const struct pd_layer_info *li = pd_layer_info(l);
+        const int kind = l == 0 ? 0 : pd_layer_is_dw(l) ? 1 : 2;
+        qsort(seq + (size_t)l * rounds, (size_t)rounds, sizeof(double), cmp_double);
+        const double s = seq[(size_t)l * rounds + rounds / 2];
+        double *hr = calloc((size_t)rounds * 2, sizeof(double)), *ur = hr + rounds;
+        for (int r = 0; r < rounds; r++) { /* the two paths alternate round by round */
+            double t0 = pd_now();
+            for (int i = 0; i < calls; i++)
+                layer(m, &b, l, act[l], side[l], act[l + 1], 1);
+            double t1 = pd_now();
+            hr[r] = (t1 - t0) / calls;
+            if (kind != 2)
+                continue;
+            for (int i = 0; i < calls; i++)
+                layer(m, &b, l, act[l], side[l], z, 0);
+            double t2 = pd_now();
+            ur[r] = (t2 - t1) / calls;
+        }
+        qsort(hr, (size_t)rounds, sizeof(double), cmp_double);
+        qsort(ur, (size_t)rounds, sizeof(double), cmp_double);
+        const double hot = hr[rounds / 2], unpacked = ur[rounds / 2];
+        free(hr);
+        const char *name = kind == 0 ? "conv0" : kind == 1 ? "dw" : "pw";
+        char id[16];
+        snprintf(id, sizeof(id), kind ? "%s%d" : "%s", name, (l + 1) / 2);
+        printf("%-5s %3dx%-3dx%-4d -> %-4d in sequence %.3f ms, hot %.3f ms", id, side[l], side[l],
+               li->cin, li->cout, s * 1e3, hot * 1e3);
+        if (kind == 2) {
+            const int rows = side[l + 1] * side[l + 1];
+            long zero = 0, all = 0;
+            for (int r = 0; r + 6 <= rows; r += 6)
+                for (int k = 0; k < li->cin; k++, all++) {
+                    int nz = 0;
+                    for (int i = 0; i < 6; i++)
+                        nz |= act[l][(size_t)(r + i) * li->cin + k] != 0.0f;
+                    zero += !nz;
+                }
+            double worst = 0; /* packed against unpacked: the same sums in another order */
+            for (size_t i = 0; i < (size_t)rows * li->cout; i++) {
+                const float p = act[l + 1][i], u = z[i];
+                double d = (p - u) / (1.0 + (u < 0 ? -u : u));
+                worst = d > worst ? d : d < -worst ? -d : worst;
+            }
+            printf("; panel-zero channels %.2f, unpacked hot %.3f ms, packed/unpacked %.2f "
+                   "(worst relative difference %.1e)",
+                   (double)zero / (all ? all : 1), unpacked * 1e3, hot / unpacked, worst);
+            sum_unpacked += unpacked, sum_packed += hot;
+        }
+        printf("\n");
+        tot_seq += s, tot_hot += hot, kind_seq[kind] += s, kind_hot[kind] += hot;
+    }
+    for (int k = 0; k < 3; k++)
+        printf("%s: in sequence %.3f ms, hot %.3f ms\n", kind_name[k], kind_seq[k] * 1e3,
+               kind_hot[k] * 1e3);
+    printf("all 27 layers: in sequence %.3f ms, hot %.3f ms\n", tot_seq * 1e3, tot_hot * 1e3);
+    printf("pointwise, hot: packed %.3f ms, unpacked %.3f ms, ratio %.2f\n", sum_packed * 1e3,
+           sum_unpacked * 1e3, sum_packed / sum_unpacked);
+    for (int l = 0; l <= PD_NLAYERS; l++)
+        free(act[l]);
+    for (int l = 0; l < PD_NLAYERS; l++)
+        free(b.wp[l]);
+    free(seq), free(pp[0]), free(pp[1]), free(z), free(b.col), free(b.scratch), free(buf);
+    pd_image_fini(&img);
+    pd_model_free(m);
+    return 0;
+}
