@@ -268,6 +268,12 @@ const float *pd_model_weights(const pd_model *m, int l)
     return m->w[l];
 }
 
+const float *pd_model_packed(const pd_model *m, int l)
+{
+    PD_ASSERT(l >= 0 && l < PD_NLAYERS);
+    return m->wp[l];
+}
+
 void pd_model_bn_stats(const pd_model *m, int l, const float **mean, const float **var)
 {
     PD_ASSERT(l > 0 && l < PD_NLAYERS && pd_layer_is_dw(l));

@@ -81,6 +81,9 @@ const float *pd_model_beta(const pd_model *m, int l);
 /* The backbone's convolution weights of layer l: conv0 (3, 3, 3, 32), dwN (3, 3, C), pwN
  * (Cin, Cout). Borrowed. */
 const float *pd_model_weights(const pd_model *m, int l);
+/* Pointwise layer l's weights as pd_pw_pack laid them out at load, or NULL where this CPU does
+ * not run the packed kernel (or l is not pointwise). Borrowed. */
+const float *pd_model_packed(const pd_model *m, int l);
 /* The frozen batch-norm moving mean and variance of depthwise layer l. Borrowed. */
 void pd_model_bn_stats(const pd_model *m, int l, const float **mean, const float **var);
 

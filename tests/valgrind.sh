@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # valgrind memcheck over the core and patch unit tests, one at a time (not part of the test
-# command: about 45 minutes in all, most of it core/train). Exit status
-# 1 if any has an error or a leak. PD_UNDER_VALGRIND makes core/grad and core/train smaller. The committed face photo only for parity (each shared photo adds about four minutes);
+# command: about 45 minutes in all, most of it core/train). Exit status 1 if any has an error or
+# a leak. PD_UNDER_VALGRIND makes core/grad and core/train smaller. The committed face photo only
+# for parity (each shared photo adds about four minutes);
 # the forward-pass thread pool test is skipped (valgrind runs one thread at a time: ThreadSanitizer
 # covers it in the test command).
 #   tests/valgrind.sh [TEST...]      (default: core_st core_tfjs core_image core_ops patches_patch

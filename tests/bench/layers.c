@@ -23,7 +23,6 @@
 #include <string.h>
 
 struct bufs {
-    float *wp[PD_NLAYERS]; /* pointwise weights packed as the net packs them */
     float *col, *scratch;
 };
 
@@ -41,8 +40,8 @@ static void layer(const pd_model *m, const struct bufs *b, int l, const float *x
         const float *k[1] = {pd_model_dw(m, l)};
         pd_op_dw(x, 1, h, h, li->cin, k, li->stride, sc, bi, PD_ACT_RELU6, y);
     } else if (packed) {
-        pd_op_pw_packed_part(x, rows, rows, li->cin, b->wp[l], li->cout, sc, bi, PD_ACT_RELU6, y, 0,
-                             rows, 0, li->cout, b->scratch);
+        pd_op_pw_packed_part(x, rows, rows, li->cin, pd_model_packed(m, l), li->cout, sc, bi,
+                             PD_ACT_RELU6, y, 0, rows, 0, li->cout, b->scratch);
     } else {
         pd_op_pw_part(x, rows, rows, li->cin, pd_model_weights(m, l), li->cout, sc, bi,
                       PD_ACT_RELU6, y, 0, rows, 0, li->cout);
@@ -109,14 +108,15 @@ int main(int argc, char **argv)
         fprintf(stderr, "bench_layers: %s\n", msg);
         return 1;
     }
-    if (!pd_pw_packed_ok(32, 64)) {
+    if (!pd_model_packed(m, 2)) {
         fprintf(stderr, "bench_layers: this CPU lacks AVX2+FMA\n");
         return 1;
     }
     openblas_set_num_threads(1);
     /* for the hot runs every layer's output is kept (each layer's own input), 13 MB at 224 */
-    float *act[PD_NLAYERS + 1], *z = pd_alloc_floats((size_t)112 * 112 * 64);
+    float *act[PD_NLAYERS + 1];
     int side[PD_NLAYERS + 1];
+    size_t most = 0; /* the largest output */
     struct bufs b = {.col = pd_alloc_floats(pd_conv_col_floats(1, size, size, 3, 3, 2)),
                      .scratch = pd_alloc_floats(PD_PW_SCRATCH_FLOATS)};
     side[0] = size;
@@ -124,18 +124,16 @@ int main(int argc, char **argv)
     for (int l = 0; l < PD_NLAYERS; l++) {
         const struct pd_layer_info *li = pd_layer_info(l);
         side[l + 1] = pd_same_out(side[l], li->stride);
-        act[l + 1] = pd_alloc_floats((size_t)side[l + 1] * side[l + 1] * li->cout);
-        if (!pd_layer_is_dw(l) && l > 0) {
-            b.wp[l] = pd_alloc_floats((size_t)li->cin * li->cout);
-            pd_pw_pack(pd_model_weights(m, l), li->cin, li->cout, b.wp[l]);
-        }
+        const size_t n = (size_t)side[l + 1] * side[l + 1] * li->cout;
+        act[l + 1] = pd_alloc_floats(n);
+        most = n > most ? n : most;
     }
+    float *z = pd_alloc_floats(most);
     struct pd_crop crop = pd_crop_full(&img);
     pd_image_to_input(&img, &crop, size, act[0]);
 
     /* in sequence: whole passes, layer after layer, between two buffers as the net does */
-    float *pp[2] = {pd_alloc_floats((size_t)112 * 112 * 64),
-                    pd_alloc_floats((size_t)112 * 112 * 64)};
+    float *pp[2] = {pd_alloc_floats(most), pd_alloc_floats(most)};
     double *seq = calloc((size_t)rounds * PD_NLAYERS, sizeof(double));
     for (int r = -1; r < rounds; r++) /* one pass to warm up */
         for (int l = 0; l < PD_NLAYERS; l++) {
@@ -220,8 +218,6 @@ int main(int argc, char **argv)
            sum_unpacked * 1e3, sum_packed / sum_unpacked);
     for (int l = 0; l <= PD_NLAYERS; l++)
         free(act[l]);
-    for (int l = 0; l < PD_NLAYERS; l++)
-        free(b.wp[l]);
     free(seq), free(pp[0]), free(pp[1]), free(z), free(b.col), free(b.scratch), free(buf);
     pd_image_fini(&img);
     pd_model_free(m);
