@@ -55,8 +55,9 @@ static const char usage[] =
     "      print a fresh API key, its SHA-256 (what the configuration stores) and a config "
     "snippet\n"
     "  bench --task classify|faces [--size S] [--threads T] [--batch B] [--iters N]\n"
-    "        [--image JPEG]\n"
+    "        [--image JPEG] [--serve]\n"
     "      time the in-process forward pass after warm-up; one JSON line\n"
+    "      (--serve: read a count N per line of stdin, answer {\"ms\": [N times]})\n"
     "  --version, --help\n"
     "\n"
     "--model defaults to $PATCHD_MODEL, then models/ssd_mobilenet_v1.safetensors.\n";
@@ -919,10 +920,14 @@ static int cmp_double(const void *a, const void *b)
 static int cmd_bench(int argc, char **argv)
 {
     const char *model = default_model(), *task = "classify", *image = NULL;
-    int size = 0, threads = 1, batch = 1, iters = 20;
+    int size = 0, threads = 1, batch = 1, iters = 20, serve = 0;
     for (int i = 0; i < argc; i += 2) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         int bad = 0;
+        if (!strcmp(a, "--serve")) {
+            serve = 1, i--;
+            continue;
+        }
         if (!v)
             return die_usage("bench: option '%s' needs a value", a);
         if (!strcmp(a, "--task"))
@@ -995,28 +1000,55 @@ static int cmd_bench(int argc, char **argv)
     for (int i = 0; i < batch; i++)
         tasks[i] = &t, probs[i] = pbuf + 5 * i;
     float *scores = pd_alloc_floats(PD_ANCHORS), *boxes = pd_alloc_floats(4 * PD_ANCHORS);
-    double *ms = calloc((size_t)iters, sizeof(double));
-    for (int it = -3; it < iters; it++) { /* 3 warm-up runs */
-        double t0 = pd_now();
-        if (faces)
-            pd_net_detect(net, in, NULL, scores, boxes);
-        else
-            pd_net_classify(net, batch, size, in, tasks, probs, NULL);
-        if (it >= 0)
+    int rc = 0, n = 3; /* warm-up */
+    double *ms = calloc(100000, sizeof(double));
+    for (int block = 0;; block++) {
+        for (int it = 0; it < n; it++) {
+            double t0 = pd_now();
+            if (faces)
+                pd_net_detect(net, in, NULL, scores, boxes);
+            else
+                pd_net_classify(net, batch, size, in, tasks, probs, NULL);
             ms[it] = (pd_now() - t0) * 1e3;
+        }
+        if (block > 0 && serve) { /* the times of this block, in order */
+            fputs("{\"ms\":[", stdout);
+            for (int it = 0; it < n; it++)
+                printf("%s%.3f", it ? "," : "", ms[it]);
+            fputs("]}\n", stdout);
+            fflush(stdout);
+        }
+        if (block > 0 && !serve)
+            break;
+        n = iters;
+        if (serve) { /* the next block's size, one number a line; end of input ends */
+            char line[64], *end;
+            if (!fgets(line, sizeof(line), stdin))
+                break;
+            long v = strtol(line, &end, 10);
+            if (end == line || (*end && *end != '\n') || v < 1 || v > 100000) {
+                fprintf(stderr,
+                        "patchctl: bench --serve: a line of stdin is not a count 1..100000\n");
+                rc = 1;
+                break;
+            }
+            n = (int)v;
+        }
     }
-    qsort(ms, (size_t)iters, sizeof(double), cmp_double);
-    double med = iters % 2 ? ms[iters / 2] : (ms[iters / 2 - 1] + ms[iters / 2]) / 2;
-    double p90 = ms[(int)(0.9 * (iters - 1) + 0.5)];
-    printf("{\"task\":\"%s\",\"size\":%d,\"threads\":%d,\"batch\":%d,\"input\":\"%s\","
-           "\"iters\":%d,\"ms_median\":%.3f,\"ms_p90\":%.3f,\"images_per_s\":%.2f}\n",
-           task, size, threads, batch, image ? "photo" : "pattern", iters, med, p90,
-           batch * 1e3 / med);
+    if (!serve) {
+        qsort(ms, (size_t)iters, sizeof(double), cmp_double);
+        double med = iters % 2 ? ms[iters / 2] : (ms[iters / 2 - 1] + ms[iters / 2]) / 2;
+        double p90 = ms[(int)(0.9 * (iters - 1) + 0.5)];
+        printf("{\"task\":\"%s\",\"size\":%d,\"threads\":%d,\"batch\":%d,\"input\":\"%s\","
+               "\"iters\":%d,\"ms_median\":%.3f,\"ms_p90\":%.3f,\"images_per_s\":%.2f}\n",
+               task, size, threads, batch, image ? "photo" : "pattern", iters, med, p90,
+               batch * 1e3 / med);
+    }
     free(ms), free(scores), free(boxes), free(pbuf), free(probs), free(tasks), free(hw), free(hb);
     free(in);
     pd_net_free(net);
     pd_model_free(m);
-    return 0;
+    return rc;
 }
 
 int main(int argc, char **argv)

@@ -8,13 +8,16 @@ offers. Two graphs:
   faces     the SSD at 512: the backbone, 8 extra layers, 6 box predictors, box decoding against
             the anchors and the face score (sigmoid) - what patchctl bench --task faces times
 
-  torch_infer.py --task classify|faces [--size S] [--threads T] [--iters N] [--image JPEG]
+  torch_infer.py --task classify|faces [--size S] [--threads T] [--iters N] [--image JPEG] [--serve]
 
 The input is the photo given (padded bottom/right to square for faces, resized bilinearly, x/127.5-1)
 or a fixed pattern; PyTorch's time does not depend on it, patchd's does a little (it skips channels
 that ReLU6 zeroed), so tests/bench/forward.sh gives both programs the same photo.
 
-Prints one JSON line like patchctl bench: ms_median, ms_p90, images_per_s. Before timing it checks
+Prints one JSON line like patchctl bench: ms_median, ms_p90, images_per_s. With --serve, as
+patchctl bench --serve: after the checks and 3 warm-up runs it reads a count N per line of stdin
+and answers each with {"ms": [...]}, the times of N runs (tests/bench/paired.py interleaves the
+two programs this way). Before timing it checks
 that the optimised graph agrees with the eager one, and for faces that its per-anchor scores on
 ../shared/reference/faces/sample1.jpg match the original model's (decoded by PIL, padded and
 resized as tfjs does).
@@ -197,6 +200,7 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--iters", type=int, default=30)
     ap.add_argument("--image", default=None)
+    ap.add_argument("--serve", action="store_true")
     ap.add_argument("--model", default=os.path.join(HERE, "..", "..", "models",
                                                    "ssd_mobilenet_v1.safetensors"))
     a = ap.parse_args()
@@ -226,6 +230,21 @@ def main():
     g0 = got[0] if isinstance(got, tuple) else got
     agree = float((e0 - g0).abs().max())
     ref = reference_check(model) if a.task == "faces" else None
+    if a.serve:
+        with torch.no_grad():
+            for i in range(3):
+                fast(x)
+            for line in sys.stdin:
+                n = int(line)
+                if not 1 <= n <= 100000:
+                    sys.exit("torch_infer.py --serve: a line of stdin is not a count 1..100000")
+                ms = []
+                for i in range(n):
+                    t0 = time.perf_counter()
+                    fast(x)
+                    ms.append(round((time.perf_counter() - t0) * 1e3, 3))
+                print(json.dumps({"ms": ms}), flush=True)
+        return 0
     ms = []
     with torch.no_grad():
         for i in range(a.iters + 3):

@@ -171,6 +171,16 @@ for extra, inp in (([], "pattern"), (["--image", photo], "photo")):
     b = json.loads(r.stdout)
     t.check(b["input"] == inp and b["threads"] == 2 and b["size"] == 96 and b["ms_median"] > 0
             and b["images_per_s"] > 0 and b["ms_p90"] >= b["ms_median"], "bench fields", b)
+# --serve: a block of timed passes per line of stdin, one JSON line each; a bad line is refused
+r = t.run([t.PATCHCTL, "bench", "--model", t.MODEL, "--size", "96", "--serve"], input="2\n1\n")
+t.eq(r.returncode, 0, "bench --serve", r.stderr)
+blocks = [json.loads(line)["ms"] for line in r.stdout.splitlines()]
+t.check([len(b) for b in blocks] == [2, 1] and all(v > 0 for b in blocks for v in b),
+        "bench --serve answers each count with that many times", r.stdout)
+for bad in ("0\n", "two\n", "3x\n"):
+    r = t.run([t.PATCHCTL, "bench", "--model", t.MODEL, "--size", "96", "--serve"], input=bad)
+    t.check(r.returncode == 1 and "not a count" in r.stderr and r.stdout == "",
+            "bench --serve refuses " + repr(bad), r.returncode, r.stderr)
 r = t.run([t.PATCHCTL, "bench", "--model", t.MODEL, "--image", "/nonexistent.jpg"])
 t.check(r.returncode == 1 and "/nonexistent.jpg" in r.stderr, "bench with a missing photo",
         r.stderr)
