@@ -14,6 +14,7 @@
 
 #include "../../core/ops.h"
 #include "../../core/train.h"
+#include "../testenv.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -203,7 +204,7 @@ static void test_network(void **state)
     (void)state;
     char msg[PD_MSG_MAX];
     pd_model *m;
-    assert_int_equal(pd_model_load(getenv("PD_MODEL"), &m, msg), PD_OK);
+    assert_int_equal(pd_model_load(test_env("PD_MODEL"), &m, msg), PD_OK);
     /* under valgrind (tests/valgrind.sh) a smaller input and one entry per probe: every kind of
      * parameter is still checked, in minutes rather than hours */
     const int slow = getenv("PD_UNDER_VALGRIND") != NULL;

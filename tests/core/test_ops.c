@@ -13,6 +13,7 @@
 #include "../../core/net.h"
 #include "../../core/ops.h"
 #include "../../core/st.h"
+#include "../testenv.h"
 
 #include <unistd.h>
 
@@ -331,7 +332,7 @@ static void test_classify_batch(void **state)
     (void)state;
     char msg[PD_MSG_MAX];
     pd_model *m;
-    assert_int_equal(pd_model_load(getenv("PD_MODEL"), &m, msg), PD_OK);
+    assert_int_equal(pd_model_load(test_env("PD_MODEL"), &m, msg), PD_OK);
     pd_net *net;
     assert_int_equal(pd_net_new(m, 2, 96, &net, msg), PD_OK);
     const int size = 96, nc = 3;
@@ -395,7 +396,7 @@ static void test_net_threads(void **state)
     }
     char msg[PD_MSG_MAX];
     pd_model *m;
-    assert_int_equal(pd_model_load(getenv("PD_MODEL"), &m, msg), PD_OK);
+    assert_int_equal(pd_model_load(test_env("PD_MODEL"), &m, msg), PD_OK);
     pd_net *net;
     assert_int_equal(pd_net_new(m, 3, PD_FACES_SIZE, &net, msg), PD_OK);
     const int size = 160, nc = 4;

@@ -13,6 +13,7 @@
 #include "../../core/image.h"
 #include "../../core/net.h"
 #include "../../core/ssd.h"
+#include "../testenv.h"
 
 #include <dirent.h>
 #include <jansson.h>
@@ -31,7 +32,7 @@ static int setup(void **state)
 {
     (void)state;
     char msg[PD_MSG_MAX];
-    if (pd_model_load(getenv("PD_MODEL"), &model, msg)) {
+    if (pd_model_load(test_env("PD_MODEL"), &model, msg)) {
         fprintf(stderr, "cannot load backbone: %s\n", msg);
         return -1;
     }
@@ -171,7 +172,7 @@ static void test_parity_committed(void **state)
 {
     (void)state;
     char dir[512];
-    snprintf(dir, sizeof(dir), "%s/faces", getenv("PD_TESTDATA"));
+    snprintf(dir, sizeof(dir), "%s/faces", test_env("PD_TESTDATA"));
     assert_int_equal(check_dir(dir), 1);
 }
 

@@ -14,6 +14,7 @@
 #include <cmocka.h>
 
 #include "../../core/train.h"
+#include "../testenv.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -90,9 +91,9 @@ static int setup(void **state)
 {
     (void)state;
     char msg[PD_MSG_MAX];
-    snprintf(train_dir, sizeof(train_dir), "%s/flowers2/train", getenv("PD_TESTDATA"));
-    snprintf(val_dir, sizeof(val_dir), "%s/flowers2/val", getenv("PD_TESTDATA"));
-    return pd_model_load(getenv("PD_MODEL"), &model, msg);
+    snprintf(train_dir, sizeof(train_dir), "%s/flowers2/train", test_env("PD_TESTDATA"));
+    snprintf(val_dir, sizeof(val_dir), "%s/flowers2/val", test_env("PD_TESTDATA"));
+    return pd_model_load(test_env("PD_MODEL"), &model, msg);
 }
 
 static int teardown(void **state)

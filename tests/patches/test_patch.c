@@ -7,6 +7,7 @@
 
 #include "../../core/st.h"
 #include "../../patches/patch.h"
+#include "../testenv.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -20,7 +21,7 @@ static int setup(void **state)
 {
     (void)state;
     char msg[PD_MSG_MAX];
-    return pd_model_load(getenv("PD_MODEL"), &model, msg);
+    return pd_model_load(test_env("PD_MODEL"), &model, msg);
 }
 
 static int teardown(void **state)

@@ -11,6 +11,7 @@
 #include <cmocka.h>
 
 #include "../../patches/cache.h"
+#include "../testenv.h"
 
 #include <dirent.h>
 #include <math.h>
@@ -31,7 +32,7 @@ static int setup(void **state)
 {
     (void)state;
     char msg[PD_MSG_MAX];
-    return pd_model_load(getenv("PD_MODEL"), &model, msg);
+    return pd_model_load(test_env("PD_MODEL"), &model, msg);
 }
 
 static int teardown(void **state)
