@@ -279,9 +279,91 @@ static void dw_row_c(const float *x, int h, int w, int c, const float *k, int s,
 }
 
 #ifdef PD_X86
-/* The same with 8 channels per vector: the block's 9 kernel taps, scale and bias stay in
- * registers while the row is swept; pixels whose 3 columns are all inside take the unchecked
- * path. Channels past the last multiple of 8 go to dw_row_c. */
+/* Outputs ox .. ox + n - 1 of a row (n <= 4; their columns from ix0 on, all inside the image;
+ * rows[ky] NULL for a row above or below it), channels [0, c8): the columns the outputs share
+ * are loaded once, and each output sums its taps in the order (ky, kx). */
+AVX2 static inline __attribute__((always_inline)) void
+dw_group_avx2(const int n, const int s, const float *const *rows, int c, int c8, const float *k,
+              const float *scale, const float *bias, enum pd_act act, float *yo, int ox, int ix0)
+{
+    const __m256 zero = _mm256_setzero_ps(), six = _mm256_set1_ps(6.0f);
+    for (int cb = 0; cb < c8; cb += 8) {
+        __m256 a[4];
+        for (int o = 0; o < n; o++)
+            a[o] = _mm256_setzero_ps();
+        for (int ky = 0; ky < 3; ky++) {
+            if (!rows[ky])
+                continue;
+            const __m256 k0 = _mm256_loadu_ps(k + (3 * ky) * c + cb);
+            const __m256 k1 = _mm256_loadu_ps(k + (3 * ky + 1) * c + cb);
+            const __m256 k2 = _mm256_loadu_ps(k + (3 * ky + 2) * c + cb);
+            const float *p = rows[ky] + (size_t)ix0 * c + cb;
+#pragma GCC unroll 16
+            for (int j = 0; j < (n - 1) * s + 3; j++) { /* column j feeds output o at tap j - o*s */
+                const __m256 v = _mm256_loadu_ps(p + (size_t)j * c);
+#pragma GCC unroll 4
+                for (int o = 0; o < n; o++) {
+                    const int kx = j - o * s;
+                    if (kx >= 0 && kx <= 2)
+                        a[o] = _mm256_fmadd_ps(v, kx == 0 ? k0 : kx == 1 ? k1 : k2, a[o]);
+                }
+            }
+        }
+        const __m256 vs = _mm256_loadu_ps(scale + cb), vb = _mm256_loadu_ps(bias + cb);
+        for (int o = 0; o < n; o++) {
+            __m256 r = _mm256_fmadd_ps(a[o], vs, vb);
+            if (act == PD_ACT_RELU6)
+                r = _mm256_min_ps(_mm256_max_ps(r, zero), six);
+            _mm256_storeu_ps(yo + (size_t)(ox + o) * c + cb, r);
+        }
+    }
+}
+
+/* Output ox of a row at the left or right edge: its columns checked. */
+AVX2 static void dw_edge_avx2(const float *const *rows, int w, int c, int c8, const float *k,
+                              const float *scale, const float *bias, enum pd_act act, float *yo,
+                              int ox, int ix0)
+{
+    const __m256 zero = _mm256_setzero_ps(), six = _mm256_set1_ps(6.0f);
+    for (int cb = 0; cb < c8; cb += 8) {
+        __m256 acc = _mm256_setzero_ps();
+        for (int ky = 0; ky < 3; ky++)
+            for (int kx = 0; kx < 3; kx++) {
+                const int ix = ix0 + kx;
+                if (rows[ky] && ix >= 0 && ix < w)
+                    acc = _mm256_fmadd_ps(_mm256_loadu_ps(rows[ky] + (size_t)ix * c + cb),
+                                          _mm256_loadu_ps(k + (3 * ky + kx) * c + cb), acc);
+            }
+        acc = _mm256_fmadd_ps(acc, _mm256_loadu_ps(scale + cb), _mm256_loadu_ps(bias + cb));
+        if (act == PD_ACT_RELU6)
+            acc = _mm256_min_ps(_mm256_max_ps(acc, zero), six);
+        _mm256_storeu_ps(yo + (size_t)ox * c + cb, acc);
+    }
+}
+
+/* Interior outputs [ox, hi) of a row, four at a time, then two, then one. */
+AVX2 static inline __attribute__((always_inline)) void
+dw_interior_avx2(const int s, const float *const *rows, int c, int c8, const float *k,
+                 const float *scale, const float *bias, enum pd_act act, float *yo, int ox, int hi,
+                 int pl)
+{
+    for (; ox + 4 <= hi; ox += 4)
+        dw_group_avx2(4, s, rows, c, c8, k, scale, bias, act, yo, ox, ox * s - pl);
+    for (; ox + 2 <= hi; ox += 2)
+        dw_group_avx2(2, s, rows, c, c8, k, scale, bias, act, yo, ox, ox * s - pl);
+    for (; ox < hi; ox++)
+        dw_group_avx2(1, s, rows, c, c8, k, scale, bias, act, yo, ox, ox * s - pl);
+}
+
+/*
+ * The same with 8 channels per vector, fused with scale/bias/act. The row goes pixel by pixel,
+ * each pixel (or group of four interior pixels) through every channel block before the next.
+ * The previous order swept the row once per channel block, that block's 9 taps in registers,
+ * reading three rows 32 bytes per pixel (pixels 2 KB apart at 512 channels); this one gives the
+ * same sums to the bit and a whole classification pass at 224 took 0.963 of the time (two nets
+ * alternating pass by pass, 300 passes, twice), faces 0.983-0.985. Channels past the last
+ * multiple of 8 go to dw_row_c.
+ */
 AVX2 static void dw_row_avx2(const float *x, int h, int w, int c, const float *k, int s,
                              const float *scale, const float *bias, enum pd_act act, float *y,
                              int oy)
@@ -292,45 +374,23 @@ AVX2 static void dw_row_avx2(const float *x, int h, int w, int c, const float *k
         int iy = oy * s + ky - pt;
         rows[ky] = iy >= 0 && iy < h ? x + (size_t)iy * w * c : NULL;
     }
-    const __m256 zero = _mm256_setzero_ps(), six = _mm256_set1_ps(6.0f);
     const int c8 = c & ~7;
     float *yo = y + (size_t)oy * ow * c;
-    for (int cb = 0; cb < c8; cb += 8) {
-        __m256 kv[9];
-        for (int t = 0; t < 9; t++)
-            kv[t] = _mm256_loadu_ps(k + t * c + cb);
-        const __m256 vs = _mm256_loadu_ps(scale + cb), vb = _mm256_loadu_ps(bias + cb);
-        for (int ox = 0; ox < ow; ox++) {
-            const int ix0 = ox * s - pl;
-            __m256 acc = _mm256_setzero_ps();
-            if (ix0 >= 0 && ix0 + 2 < w) {
-                for (int ky = 0; ky < 3; ky++) {
-                    if (!rows[ky])
-                        continue;
-                    const float *p = rows[ky] + (size_t)ix0 * c + cb;
-                    acc = _mm256_fmadd_ps(_mm256_loadu_ps(p), kv[3 * ky], acc);
-                    acc = _mm256_fmadd_ps(_mm256_loadu_ps(p + c), kv[3 * ky + 1], acc);
-                    acc = _mm256_fmadd_ps(_mm256_loadu_ps(p + 2 * c), kv[3 * ky + 2], acc);
-                }
-            } else {
-                for (int ky = 0; ky < 3; ky++) {
-                    if (!rows[ky])
-                        continue;
-                    for (int kx = 0; kx < 3; kx++) {
-                        int ix = ix0 + kx;
-                        if (ix < 0 || ix >= w)
-                            continue;
-                        acc = _mm256_fmadd_ps(_mm256_loadu_ps(rows[ky] + (size_t)ix * c + cb),
-                                              kv[3 * ky + kx], acc);
-                    }
-                }
-            }
-            acc = _mm256_fmadd_ps(acc, vs, vb);
-            if (act == PD_ACT_RELU6)
-                acc = _mm256_min_ps(_mm256_max_ps(acc, zero), six);
-            _mm256_storeu_ps(yo + (size_t)ox * c + cb, acc);
-        }
-    }
+    int lo = (pl + s - 1) / s, hi = ow; /* interior: ox * s - pl >= 0 and ox * s - pl + 2 < w */
+    while (hi > lo && (hi - 1) * s - pl + 2 >= w)
+        hi--;
+    lo = lo < hi ? lo : hi;
+    for (int ox = 0; ox < lo; ox++)
+        dw_edge_avx2(rows, w, c, c8, k, scale, bias, act, yo, ox, ox * s - pl);
+    if (s == 1)
+        dw_interior_avx2(1, rows, c, c8, k, scale, bias, act, yo, lo, hi, pl);
+    else if (s == 2)
+        dw_interior_avx2(2, rows, c, c8, k, scale, bias, act, yo, lo, hi, pl);
+    else
+        for (int ox = lo; ox < hi; ox++)
+            dw_edge_avx2(rows, w, c, c8, k, scale, bias, act, yo, ox, ox * s - pl);
+    for (int ox = hi; ox < ow; ox++)
+        dw_edge_avx2(rows, w, c, c8, k, scale, bias, act, yo, ox, ox * s - pl);
     if (c8 < c)
         dw_row_c(x, h, w, c, k, s, scale, bias, act, y, oy, c8);
 }
