@@ -511,7 +511,12 @@ AVX2 static void pw_direct_avx2(const float *x, int hw, int cin, const float *w,
 #define PW_MR 6 /* rows per panel: 12 accumulators, 2 weight vectors, 1 broadcast */
 #define PW_MC (PW_MR * (200 / PW_MR)) /* rows per block: about 200 KB of packed inputs at PW_KC */
 #define PW_KC 256 /* input channels per block: a weight strip of 16 KB stays in L1 */
-_Static_assert(PD_PW_SCRATCH_FLOATS == PW_MC * PW_KC + 8 + PW_MC / PW_MR * PW_KC, "scratch size");
+/* When the part's rows fit in one block (classification's 14x14 and 7x7 layers), blocks of 512
+ * input channels: half as many passes of the output through memory, and a pass at 224 took
+ * 0.983-0.993 of the time at one thread, 0.973-0.989 at two (two nets alternating, 300 passes);
+ * with several blocks of rows (faces at 512) 512 was 0.5-0.9% slower. */
+#define PW_KC1 512
+_Static_assert(PD_PW_SCRATCH_FLOATS == PW_MC * PW_KC1 + 8 + PW_MC / PW_MR * PW_KC1, "scratch size");
 
 int pd_pw_packed_ok(int cin, int cout)
 {
@@ -638,8 +643,9 @@ AVX2 static void pw_packed_avx2(const float *x, int hw, int cin, const float *wp
                                 enum pd_act act, float *y, int r0, int r1, int c0, int c1,
                                 float *scratch)
 {
-    float *ap = scratch; /* panels of up to (PW_KC, PW_MR), then 8 floats of room */
-    int *idx = (int *)(scratch + PW_MC * PW_KC + 8), cnt[PW_MC / PW_MR];
+    float *ap = scratch; /* panels of up to (kb, PW_MR), then 8 floats of room */
+    int *idx = (int *)(scratch + PW_MC * PW_KC1 + 8), cnt[PW_MC / PW_MR];
+    const int kb = r1 - r0 <= PW_MC ? PW_KC1 : PW_KC;
     const float *rs[PW_MC], *rb[PW_MC]; /* each row's sample's scale and bias */
     for (int m0 = r0; m0 < r1; m0 += PW_MC) {
         const int m1 = m0 + PW_MC < r1 ? m0 + PW_MC : r1, panels = (m1 - m0 + PW_MR - 1) / PW_MR;
@@ -653,12 +659,12 @@ AVX2 static void pw_packed_avx2(const float *x, int hw, int cin, const float *wp
         }
         for (int i = m1 - m0; i < panels * PW_MR; i++)
             rs[i] = rs[0], rb[i] = rb[0];
-        for (int k0 = 0; k0 < cin; k0 += PW_KC) {
-            const int kc = cin - k0 < PW_KC ? cin - k0 : PW_KC;
+        for (int k0 = 0; k0 < cin; k0 += kb) {
+            const int kc = cin - k0 < kb ? cin - k0 : kb;
             for (int p = 0; p < panels; p++) {
                 const int r = m0 + PW_MR * p, nr = m1 - r < PW_MR ? m1 - r : PW_MR;
-                cnt[p] = pw_pack_panel(x, cin, r, nr, k0, kc, ap + (size_t)p * PW_MR * PW_KC,
-                                       idx + (size_t)p * PW_KC);
+                cnt[p] = pw_pack_panel(x, cin, r, nr, k0, kc, ap + (size_t)p * PW_MR * kb,
+                                       idx + (size_t)p * kb);
             }
             const int first = k0 == 0, last = k0 + kc >= cin;
             for (int n0 = c0; n0 < c1; n0 += 16) {
@@ -669,9 +675,9 @@ AVX2 static void pw_packed_avx2(const float *x, int hw, int cin, const float *wp
                     for (int i = 0; i < PW_MR; i++)
                         sc[i] = rs[PW_MR * p + i] + n0, bi[i] = rb[PW_MR * p + i] + n0;
                     float *c = y + (size_t)r * cout + n0;
-                    const float *a = ap + (size_t)p * PW_MR * PW_KC;
-                    pw_packed_tile(nr, cnt[p], a, idx + (size_t)p * PW_KC, b, c, cout, first, last,
-                                   sc, bi, act);
+                    const float *a = ap + (size_t)p * PW_MR * kb;
+                    pw_packed_tile(nr, cnt[p], a, idx + (size_t)p * kb, b, c, cout, first, last, sc,
+                                   bi, act);
                 }
             }
         }

@@ -88,7 +88,7 @@ void pd_op_pw_part(const float *x, int rows, int hw, int cin, const float *wt, i
  * PD_PW_SCRATCH_FLOATS floats, one per concurrent part. The result is the same as
  * pd_op_pw_part's up to the order of the additions.
  */
-#define PD_PW_SCRATCH_FLOATS (198 * 256 + 8 + 33 * 256)
+#define PD_PW_SCRATCH_FLOATS (198 * 512 + 8 + 33 * 512)
 int pd_pw_packed_ok(int cin, int cout);
 void pd_pw_pack(const float *w, int cin, int cout, float *wp);
 void pd_op_pw_packed_part(const float *x, int rows, int hw, int cin, const float *wp, int cout,
