@@ -383,8 +383,8 @@ static void job_part(const struct job *j, int p, int parts)
         if (r0 >= r1 || c0 >= c1)
             return;
         if (j->wp)
-            pd_op_pw_packed_part(j->x, rows, hw, j->cin, j->wp, j->cout, j->sc, j->bi, j->act, j->y,
-                                 r0, r1, c0, c1, j->scratch[p]);
+            pd_op_pw_packed_part(j->x, rows, hw, j->h, j->cin, j->wp, j->cout, j->sc, j->bi, j->act,
+                                 j->y, r0, r1, c0, c1, j->scratch[p]);
         else
             pd_op_pw_part(j->x, rows, hw, j->cin, j->wt, j->cout, j->sc, j->bi, j->act, j->y, r0,
                           r1, c0, c1);

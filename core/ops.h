@@ -84,16 +84,19 @@ void pd_op_pw_part(const float *x, int rows, int hw, int cin, const float *wt, i
 /*
  * The pointwise part against weights packed at load: pd_pw_pack writes the (cin, cout) weights
  * as cout/16 strips of (cin, 16), into cin * cout floats. Only where pd_pw_packed_ok() (AVX2+FMA
- * and cout a multiple of 16); columns [c0, c1) in multiples of 16. scratch holds
- * PD_PW_SCRATCH_FLOATS floats, one per concurrent part. The result is the same as
- * pd_op_pw_part's up to the order of the additions.
+ * and cout a multiple of 16); columns [c0, c1) in multiples of 16. w is the maps' width (hw / w
+ * rows each): when it is even the pixels are taken in patches of 3 rows x 2 columns, and [r0, r1)
+ * are positions in that order, not rows (parts that cover [0, rows) together still compute every
+ * row once); w = 0 takes them in order. scratch holds PD_PW_SCRATCH_FLOATS floats, one per
+ * concurrent part. The result is the same as pd_op_pw_part's up to the order of the additions.
  */
 #define PD_PW_SCRATCH_FLOATS (198 * 512 + 8 + 33 * 512)
 int pd_pw_packed_ok(int cin, int cout);
 void pd_pw_pack(const float *w, int cin, int cout, float *wp);
-void pd_op_pw_packed_part(const float *x, int rows, int hw, int cin, const float *wp, int cout,
-                          const float *const *scale, const float *const *bias, enum pd_act act,
-                          float *y, int r0, int r1, int c0, int c1, float *scratch);
+void pd_op_pw_packed_part(const float *x, int rows, int hw, int w, int cin, const float *wp,
+                          int cout, const float *const *scale, const float *const *bias,
+                          enum pd_act act, float *y, int r0, int r1, int c0, int c1,
+                          float *scratch);
 
 /* For the tests: one sample's depthwise forward through a chosen implementation (0 the portable
  * C, 1 AVX2+FMA); -1 when this CPU lacks it. */

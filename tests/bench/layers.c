@@ -5,8 +5,9 @@
  * before, between two buffers as in a forward pass; the median over N passes) and hot (the same
  * call repeated at once, data in cache; the median over N rounds of 20 calls). For each pointwise
  * layer also: the share of input channels zero in a whole 6-pixel panel (what the packed kernel
- * skips), and the unpacked path hot (OpenBLAS's GEMM plus the epilogue, or the direct kernel for
- * at most 128 inputs), alternating with the packed one round by round.
+ * skips; its panels are 3x2 patches where the side is even), and the unpacked path hot
+ * (OpenBLAS's GEMM plus the epilogue, or the direct kernel for at most 128 inputs), alternating
+ * with the packed one round by round.
  *
  *   build/tests/bench_layers PHOTO.jpg [N]       (PD_MODEL or models/ the backbone)
  */
@@ -40,7 +41,7 @@ static void layer(const pd_model *m, const struct bufs *b, int l, const float *x
         const float *k[1] = {pd_model_dw(m, l)};
         pd_op_dw(x, 1, h, h, li->cin, k, li->stride, sc, bi, PD_ACT_RELU6, y);
     } else if (packed) {
-        pd_op_pw_packed_part(x, rows, rows, li->cin, pd_model_packed(m, l), li->cout, sc, bi,
+        pd_op_pw_packed_part(x, rows, rows, h, li->cin, pd_model_packed(m, l), li->cout, sc, bi,
                              PD_ACT_RELU6, y, 0, rows, 0, li->cout, b->scratch);
     } else {
         pd_op_pw_part(x, rows, rows, li->cin, pd_model_weights(m, l), li->cout, sc, bi,
@@ -176,9 +177,19 @@ int main(int argc, char **argv)
         printf("%-5s %3dx%-3dx%-4d -> %-4d in sequence %.3f ms, hot %.3f ms", id, side[l], side[l],
                li->cin, li->cout, s * 1e3, hot * 1e3);
         if (kind == 2) {
-            /* the multiply-adds the packed kernel does: panels of 6 rows from row 0 (its blocks
-             * of 198 rows are whole panels), each with the channels not zero in all its rows */
-            const int rows = side[l + 1] * side[l + 1];
+            /* the multiply-adds the packed kernel does: panels of 6 positions from position 0
+             * (its blocks of 198 are whole panels), each with the channels not zero in all its
+             * pixels; positions in the kernel's order (core/ops.c, struct pw_order): patches of
+             * 3 rows x 2 columns over the bands of 3 rows when the side is even, then the rest */
+            const int side_o = side[l + 1], rows = side_o * side_o;
+            const int bands = side_o % 2 ? 0 : side_o / 3;
+            int *order = malloc(sizeof(int) * rows), no = 0;
+            for (int band = 0; band < bands; band++)
+                for (int pair = 0; pair < side_o / 2; pair++)
+                    for (int e = 0; e < 6; e++)
+                        order[no++] = (3 * band + e / 2) * side_o + 2 * pair + e % 2;
+            while (no < rows)
+                order[no] = no, no++;
             long zero = 0, all = 0;
             double macs = 0;
             for (int r = 0; r < rows; r += 6) {
@@ -186,11 +197,12 @@ int main(int argc, char **argv)
                 for (int k = 0; k < li->cin; k++, all++) {
                     int nz = 0;
                     for (int i = 0; i < nr; i++)
-                        nz |= act[l][(size_t)(r + i) * li->cin + k] != 0.0f;
+                        nz |= act[l][(size_t)order[r + i] * li->cin + k] != 0.0f;
                     zero += !nz;
                     macs += nz ? (double)nr * li->cout : 0;
                 }
             }
+            free(order);
             double worst = 0; /* packed against unpacked: the same sums in another order */
             for (size_t i = 0; i < (size_t)rows * li->cout; i++) {
                 const float p = act[l + 1][i], u = z[i];

@@ -242,8 +242,9 @@ static void test_parts(void **state)
 /*
  * The pointwise op against packed weights, with the zero channels it skips: inputs as ReLU6 leaves
  * them (dead channels and scattered zeros), a row count that ends in a partial panel and a partial
- * block with samples straddling panels, channel counts with a partial channel block, and parts
- * by rows and by columns; against the double reference.
+ * block with samples straddling panels, channel counts with a partial channel block, maps of odd
+ * and even side (pixels in order, and in 3x2 patches), and parts by rows and by columns; against
+ * the double reference.
  */
 static void test_pw_packed(void **state)
 {
@@ -253,8 +254,9 @@ static void test_pw_packed(void **state)
         return;
     }
     const int cins[3] = {24, 300, 600};
-    for (int t = 0; t < 3; t++) {
-        const int n = 3, h = 7, cin = cins[t], cout = 48, rows = n * h * h;
+    for (int t = 0; t < 6; t++) {
+        /* side 7: pixels in order; side 10: in 3x2 patches, two blocks of rows */
+        const int n = 3, h = t < 3 ? 7 : 10, cin = cins[t % 3], cout = 48, rows = n * h * h;
         float *x = randv((size_t)rows * cin), *wt = randv((size_t)cin * cout);
         for (size_t i = 0; i < (size_t)rows * cin; i++)
             if (i % cin % 5 == 1 || frand() < -0.3f)
@@ -267,23 +269,23 @@ static void test_pw_packed(void **state)
         const float *wts[3] = {wt, wt, wt};
         double *want = malloc(sizeof(double) * rows * cout);
         ref_conv(x, n, h, h, cin, wts, 1, 1, cout, 0, sc, bi, 1, want);
-        pd_op_pw_packed_part(x, rows, h * h, cin, wp, cout, sc, bi, PD_ACT_RELU6, y, 0, rows, 0,
+        pd_op_pw_packed_part(x, rows, h * h, h, cin, wp, cout, sc, bi, PD_ACT_RELU6, y, 0, rows, 0,
                              cout, scratch);
         compare(y, want, (size_t)rows * cout, "packed pointwise");
         memset(y, 0, sizeof(float) * rows * cout);
-        pd_op_pw_packed_part(x, rows, h * h, cin, wp, cout, sc, bi, PD_ACT_RELU6, y, 0, 61, 0, 32,
-                             scratch);
-        pd_op_pw_packed_part(x, rows, h * h, cin, wp, cout, sc, bi, PD_ACT_RELU6, y, 0, 61, 32, 48,
-                             scratch);
-        pd_op_pw_packed_part(x, rows, h * h, cin, wp, cout, sc, bi, PD_ACT_RELU6, y, 61, rows, 0,
+        pd_op_pw_packed_part(x, rows, h * h, h, cin, wp, cout, sc, bi, PD_ACT_RELU6, y, 0, 61, 0,
+                             32, scratch);
+        pd_op_pw_packed_part(x, rows, h * h, h, cin, wp, cout, sc, bi, PD_ACT_RELU6, y, 0, 61, 32,
+                             48, scratch);
+        pd_op_pw_packed_part(x, rows, h * h, h, cin, wp, cout, sc, bi, PD_ACT_RELU6, y, 61, rows, 0,
                              48, scratch);
         compare(y, want, (size_t)rows * cout, "packed pointwise parts");
         /* parts ending in panels of 4 and 5 rows (the whole op ends in 3, the parts above in 1
          * and 2) */
         memset(y, 0, sizeof(float) * rows * cout);
-        pd_op_pw_packed_part(x, rows, h * h, cin, wp, cout, sc, bi, PD_ACT_RELU6, y, 0, 52, 0, 48,
-                             scratch);
-        pd_op_pw_packed_part(x, rows, h * h, cin, wp, cout, sc, bi, PD_ACT_RELU6, y, 52, rows, 0,
+        pd_op_pw_packed_part(x, rows, h * h, h, cin, wp, cout, sc, bi, PD_ACT_RELU6, y, 0, 52, 0,
+                             48, scratch);
+        pd_op_pw_packed_part(x, rows, h * h, h, cin, wp, cout, sc, bi, PD_ACT_RELU6, y, 52, rows, 0,
                              48, scratch);
         compare(y, want, (size_t)rows * cout, "packed pointwise parts of 4 and 5 rows");
         free(x), free(wt), free(wp), free(y), free(scratch), free(want);
