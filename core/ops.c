@@ -588,16 +588,27 @@ AVX2 static int pw_pack_panel(const float *x, int cin, const int *ri, int nr, in
     return n;
 }
 
+/* A panel's rows: where each goes in y (row ri[i], cout floats a row) and its sample's scale and
+ * bias (rs[i], rb[i], from channel 0). */
+struct pw_rows {
+    float *y;
+    int cout;
+    const int *ri;
+    const float *const *rs, *const *rb;
+};
+
 /* One tile of mr <= PW_MR rows (a constant in each instance, so the accumulators stay in
  * registers): c (mr rows at stride ldc) = [c +] panel . strip, and on the last channel block the
  * scale/bias/act of each row's sample (sc[i], bi[i] point at the tile's 16 channels). */
 AVX2 static inline __attribute__((always_inline)) void
-pw_tile_rows(const int mr, int n, const float *a, const int *idx, const float *b, float *const *cp,
-             int first, int last, const float *const *sc, const float *const *bi, enum pd_act act)
+pw_tile_rows(const int mr, int n, const float *a, const int *idx, const float *b,
+             const struct pw_rows *pr, int n0, int first, int last, enum pd_act act)
 {
     __m256 acc[PW_MR][2];
+    float *cp[PW_MR];
 #pragma GCC unroll 8
     for (int i = 0; i < mr; i++) {
+        cp[i] = pr->y + (size_t)pr->ri[i] * pr->cout + n0;
         acc[i][0] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(cp[i]);
         acc[i][1] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(cp[i] + 8);
     }
@@ -615,7 +626,7 @@ pw_tile_rows(const int mr, int n, const float *a, const int *idx, const float *b
 #pragma GCC unroll 8
         for (int i = 0; i < mr; i++)
             for (int h = 0; h < 2; h++)
-                acc[i][h] = sba8(acc[i][h], sc[i] + 8 * h, bi[i] + 8 * h, act);
+                acc[i][h] = sba8(acc[i][h], pr->rs[i] + n0 + 8 * h, pr->rb[i] + n0 + 8 * h, act);
     }
 #pragma GCC unroll 8
     for (int i = 0; i < mr; i++) {
@@ -626,13 +637,13 @@ pw_tile_rows(const int mr, int n, const float *a, const int *idx, const float *b
 
 /* A block's last panel may have fewer rows: a kernel of that height, not a padded tile. */
 AVX2 static void pw_packed_tile(int nr, int n, const float *a, const int *idx, const float *b,
-                                float *const *cp, int first, int last, const float *const *sc,
-                                const float *const *bi, enum pd_act act)
+                                const struct pw_rows *pr, int n0, int first, int last,
+                                enum pd_act act)
 {
     switch (nr) {
 #define TILE(r)                                                                                    \
     case r:                                                                                        \
-        pw_tile_rows(r, n, a, idx, b, cp, first, last, sc, bi, act);                               \
+        pw_tile_rows(r, n, a, idx, b, pr, n0, first, last, act);                                   \
         break;
         TILE(1) TILE(2) TILE(3) TILE(4) TILE(5) TILE(6)
 #undef TILE
@@ -725,14 +736,10 @@ AVX2 static void pw_packed_avx2(const float *x, int hw, int w, int cin, const fl
                 const float *b = wp + (size_t)n0 * cin; /* strip n0 / 16 */
                 for (int p = 0; p < panels; p++) {
                     const int r = m0 + PW_MR * p, nr = m1 - r < PW_MR ? m1 - r : PW_MR;
-                    const float *sc[PW_MR], *bi[PW_MR];
-                    float *cp[PW_MR];
-                    for (int i = 0; i < PW_MR; i++) {
-                        sc[i] = rs[PW_MR * p + i] + n0, bi[i] = rb[PW_MR * p + i] + n0;
-                        cp[i] = y + (size_t)ri[r - m0 + (i < nr ? i : 0)] * cout + n0;
-                    }
+                    const struct pw_rows pr = {y, cout, ri + (r - m0), rs + PW_MR * p,
+                                               rb + PW_MR * p};
                     const float *a = ap + (size_t)p * PW_MR * kb;
-                    pw_packed_tile(nr, cnt[p], a, idx + (size_t)p * kb, b, cp, first, last, sc, bi,
+                    pw_packed_tile(nr, cnt[p], a, idx + (size_t)p * kb, b, &pr, n0, first, last,
                                    act);
                 }
             }
