@@ -10,7 +10,8 @@ times. Each block gives a ratio of the two medians; a drift slower than a block 
 One line per figure: each program's median over all its passes, and the median of the per-block
 ratios with its quartiles. Not part of the tests.
 
-  /usr/bin/python3 tests/bench/paired.py [BLOCKS] [PASSES]
+  /usr/bin/python3 tests/bench/paired.py [BLOCKS] [PASSES] [TASKS] [THREADS]
+  (defaults 100, 10, classify,faces, 1,2; e.g. `paired.py 80 10 classify 1` for one figure)
 """
 import json
 import os
@@ -53,9 +54,13 @@ def quartiles(v):
 def main():
     blocks = int(sys.argv[1]) if len(sys.argv) > 1 else 100
     passes = int(sys.argv[2]) if len(sys.argv) > 2 else 10
-    for task in ("classify", "faces"):
+    tasks = sys.argv[3].split(",") if len(sys.argv) > 3 else ["classify", "faces"]
+    thread_counts = [int(t) for t in sys.argv[4].split(",")] if len(sys.argv) > 4 else [1, 2]
+    for task in tasks:
+        if task not in PHOTO:
+            sys.exit(f"paired.py: task '{task}' is not classify or faces")
         n = passes if task == "classify" else max(passes // 3, 2)
-        for threads in (1, 2):
+        for threads in thread_counts:
             common = ["--task", task, "--threads", str(threads), "--image", PHOTO[task]]
             ours = Server([os.path.join(ROOT, "build", "patchctl"), "bench", "--serve"] + common)
             peer = Server(["/usr/bin/python3", os.path.join(ROOT, "tests", "bench",
