@@ -598,8 +598,8 @@ struct pw_rows {
 };
 
 /* One tile of mr <= PW_MR rows (a constant in each instance, so the accumulators stay in
- * registers): c (mr rows at stride ldc) = [c +] panel . strip, and on the last channel block the
- * scale/bias/act of each row's sample (sc[i], bi[i] point at the tile's 16 channels). */
+ * registers), the 16 columns from n0: each row's output in y = [itself +] panel . strip, and on
+ * the last channel block the scale/bias/act of the row's sample. */
 AVX2 static inline __attribute__((always_inline)) void
 pw_tile_rows(const int mr, int n, const float *a, const int *idx, const float *b,
              const struct pw_rows *pr, int n0, int first, int last, enum pd_act act)
