@@ -279,12 +279,14 @@ static void dw_row_c(const float *x, int h, int w, int c, const float *k, int s,
 }
 
 #ifdef PD_X86
-/* Outputs ox .. ox + n - 1 of a row (n <= 4; their columns from ix0 on, all inside the image;
- * rows[ky] NULL for a row above or below it), channels [0, c8): the columns the outputs share
- * are loaded once, and each output sums its taps in the order (ky, kx). */
+/* Outputs ox .. ox + n - 1 of a row (n <= 4; their columns from ix0 on; rows[ky] NULL for a row
+ * above or below the image), channels [0, c8): the columns the outputs share are loaded once,
+ * and each output sums its taps in the order (ky, kx). edge: columns outside [0, w) are skipped
+ * (the pixels at the ends of a row); otherwise they are all inside. */
 AVX2 static inline __attribute__((always_inline)) void
-dw_group_avx2(const int n, const int s, const float *const *rows, int c, int c8, const float *k,
-              const float *scale, const float *bias, enum pd_act act, float *yo, int ox, int ix0)
+dw_group_avx2(const int n, const int s, const int edge, const float *const *rows, int w, int c,
+              int c8, const float *k, const float *scale, const float *bias, enum pd_act act,
+              float *yo, int ox, int ix0)
 {
     const __m256 zero = _mm256_setzero_ps(), six = _mm256_set1_ps(6.0f);
     for (int cb = 0; cb < c8; cb += 8) {
@@ -300,6 +302,8 @@ dw_group_avx2(const int n, const int s, const float *const *rows, int c, int c8,
             const float *p = rows[ky] + (size_t)ix0 * c + cb;
 #pragma GCC unroll 16
             for (int j = 0; j < (n - 1) * s + 3; j++) { /* column j feeds output o at tap j - o*s */
+                if (edge && (ix0 + j < 0 || ix0 + j >= w))
+                    continue;
                 const __m256 v = _mm256_loadu_ps(p + (size_t)j * c);
 #pragma GCC unroll 4
                 for (int o = 0; o < n; o++) {
@@ -319,40 +323,26 @@ dw_group_avx2(const int n, const int s, const float *const *rows, int c, int c8,
     }
 }
 
-/* Output ox of a row at the left or right edge: its columns checked. */
-AVX2 static void dw_edge_avx2(const float *const *rows, int w, int c, int c8, const float *k,
-                              const float *scale, const float *bias, enum pd_act act, float *yo,
-                              int ox, int ix0)
-{
-    const __m256 zero = _mm256_setzero_ps(), six = _mm256_set1_ps(6.0f);
-    for (int cb = 0; cb < c8; cb += 8) {
-        __m256 acc = _mm256_setzero_ps();
-        for (int ky = 0; ky < 3; ky++)
-            for (int kx = 0; kx < 3; kx++) {
-                const int ix = ix0 + kx;
-                if (rows[ky] && ix >= 0 && ix < w)
-                    acc = _mm256_fmadd_ps(_mm256_loadu_ps(rows[ky] + (size_t)ix * c + cb),
-                                          _mm256_loadu_ps(k + (3 * ky + kx) * c + cb), acc);
-            }
-        acc = _mm256_fmadd_ps(acc, _mm256_loadu_ps(scale + cb), _mm256_loadu_ps(bias + cb));
-        if (act == PD_ACT_RELU6)
-            acc = _mm256_min_ps(_mm256_max_ps(acc, zero), six);
-        _mm256_storeu_ps(yo + (size_t)ox * c + cb, acc);
-    }
-}
-
 /* Interior outputs [ox, hi) of a row, four at a time, then two, then one. */
 AVX2 static inline __attribute__((always_inline)) void
-dw_interior_avx2(const int s, const float *const *rows, int c, int c8, const float *k,
+dw_interior_avx2(const int s, const float *const *rows, int w, int c, int c8, const float *k,
                  const float *scale, const float *bias, enum pd_act act, float *yo, int ox, int hi,
                  int pl)
 {
     for (; ox + 4 <= hi; ox += 4)
-        dw_group_avx2(4, s, rows, c, c8, k, scale, bias, act, yo, ox, ox * s - pl);
+        dw_group_avx2(4, s, 0, rows, w, c, c8, k, scale, bias, act, yo, ox, ox * s - pl);
     for (; ox + 2 <= hi; ox += 2)
-        dw_group_avx2(2, s, rows, c, c8, k, scale, bias, act, yo, ox, ox * s - pl);
+        dw_group_avx2(2, s, 0, rows, w, c, c8, k, scale, bias, act, yo, ox, ox * s - pl);
     for (; ox < hi; ox++)
-        dw_group_avx2(1, s, rows, c, c8, k, scale, bias, act, yo, ox, ox * s - pl);
+        dw_group_avx2(1, s, 0, rows, w, c, c8, k, scale, bias, act, yo, ox, ox * s - pl);
+}
+
+/* One output with its columns checked (a single output's columns do not depend on s). */
+AVX2 static void dw_edge_avx2(const float *const *rows, int w, int c, int c8, const float *k,
+                              const float *scale, const float *bias, enum pd_act act, float *yo,
+                              int ox, int ix0)
+{
+    dw_group_avx2(1, 1, 1, rows, w, c, c8, k, scale, bias, act, yo, ox, ix0);
 }
 
 /*
@@ -383,9 +373,9 @@ AVX2 static void dw_row_avx2(const float *x, int h, int w, int c, const float *k
     for (int ox = 0; ox < lo; ox++)
         dw_edge_avx2(rows, w, c, c8, k, scale, bias, act, yo, ox, ox * s - pl);
     if (s == 1)
-        dw_interior_avx2(1, rows, c, c8, k, scale, bias, act, yo, lo, hi, pl);
+        dw_interior_avx2(1, rows, w, c, c8, k, scale, bias, act, yo, lo, hi, pl);
     else if (s == 2)
-        dw_interior_avx2(2, rows, c, c8, k, scale, bias, act, yo, lo, hi, pl);
+        dw_interior_avx2(2, rows, w, c, c8, k, scale, bias, act, yo, lo, hi, pl);
     else
         for (int ox = lo; ox < hi; ox++)
             dw_edge_avx2(rows, w, c, c8, k, scale, bias, act, yo, ox, ox * s - pl);
