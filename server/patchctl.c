@@ -917,6 +917,28 @@ static int cmp_double(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
+/* What one timed forward pass of cmd_bench runs. */
+struct bench_pass {
+    pd_net *net;
+    int faces, batch, size;
+    const float *in;
+    const struct pd_task **tasks;
+    float **probs, *scores, *boxes;
+};
+
+/* n forward passes; their times in ms[0..n), milliseconds. */
+static void bench_passes(const struct bench_pass *b, int n, double *ms)
+{
+    for (int it = 0; it < n; it++) {
+        double t0 = pd_now();
+        if (b->faces)
+            pd_net_detect(b->net, b->in, NULL, b->scores, b->boxes);
+        else
+            pd_net_classify(b->net, b->batch, b->size, b->in, b->tasks, b->probs, NULL);
+        ms[it] = (pd_now() - t0) * 1e3;
+    }
+}
+
 static int cmd_bench(int argc, char **argv)
 {
     const char *model = default_model(), *task = "classify", *image = NULL;
@@ -1000,42 +1022,30 @@ static int cmd_bench(int argc, char **argv)
     for (int i = 0; i < batch; i++)
         tasks[i] = &t, probs[i] = pbuf + 5 * i;
     float *scores = pd_alloc_floats(PD_ANCHORS), *boxes = pd_alloc_floats(4 * PD_ANCHORS);
-    int rc = 0, n = 3; /* warm-up */
-    double *ms = calloc(100000, sizeof(double));
-    for (int block = 0;; block++) {
-        for (int it = 0; it < n; it++) {
-            double t0 = pd_now();
-            if (faces)
-                pd_net_detect(net, in, NULL, scores, boxes);
-            else
-                pd_net_classify(net, batch, size, in, tasks, probs, NULL);
-            ms[it] = (pd_now() - t0) * 1e3;
-        }
-        if (block > 0 && serve) { /* the times of this block, in order */
+    struct bench_pass bp = {net, faces, batch, size, in, tasks, probs, scores, boxes};
+    int rc = 0;
+    const size_t cap = serve ? 100000 : iters > 3 ? (size_t)iters : 3; /* 3: the warm-up */
+    double *ms = calloc(cap, sizeof(double));
+    bench_passes(&bp, 3, ms); /* warm-up */
+    if (serve) {
+        char line[64], *end;
+        while (fgets(line, sizeof(line), stdin)) { /* a block's size a line; end of input ends */
+            long n = strtol(line, &end, 10);
+            if (end == line || (*end && *end != '\n') || n < 1 || n > 100000) {
+                fprintf(stderr,
+                        "patchctl: bench --serve: a line of stdin is not a count 1..100000\n");
+                rc = 1;
+                break;
+            }
+            bench_passes(&bp, (int)n, ms);
             fputs("{\"ms\":[", stdout);
             for (int it = 0; it < n; it++)
                 printf("%s%.3f", it ? "," : "", ms[it]);
             fputs("]}\n", stdout);
             fflush(stdout);
         }
-        if (block > 0 && !serve)
-            break;
-        n = iters;
-        if (serve) { /* the next block's size, one number a line; end of input ends */
-            char line[64], *end;
-            if (!fgets(line, sizeof(line), stdin))
-                break;
-            long v = strtol(line, &end, 10);
-            if (end == line || (*end && *end != '\n') || v < 1 || v > 100000) {
-                fprintf(stderr,
-                        "patchctl: bench --serve: a line of stdin is not a count 1..100000\n");
-                rc = 1;
-                break;
-            }
-            n = (int)v;
-        }
-    }
-    if (!serve) {
+    } else {
+        bench_passes(&bp, iters, ms);
         qsort(ms, (size_t)iters, sizeof(double), cmp_double);
         double med = iters % 2 ? ms[iters / 2] : (ms[iters / 2 - 1] + ms[iters / 2]) / 2;
         double p90 = ms[(int)(0.9 * (iters - 1) + 0.5)];
