@@ -17,10 +17,9 @@ that ReLU6 zeroed), so tests/bench/forward.sh gives both programs the same photo
 Prints one JSON line like patchctl bench: ms_median, ms_p90, images_per_s. With --serve, as
 patchctl bench --serve: after the checks and 3 warm-up runs it reads a count N per line of stdin
 and answers each with {"ms": [...]}, the times of N runs (tests/bench/paired.py interleaves the
-two programs this way). Before timing it checks
-that the optimised graph agrees with the eager one, and for faces that its per-anchor scores on
-../shared/reference/faces/sample1.jpg match the original model's (decoded by PIL, padded and
-resized as tfjs does).
+two programs this way). Before timing it checks that the optimised graph agrees with the eager
+one, and for faces that its per-anchor scores on ../shared/reference/faces/sample1.jpg match the
+original model's (decoded by PIL, padded and resized as tfjs does).
 """
 import argparse
 import json
@@ -230,29 +229,25 @@ def main():
     g0 = got[0] if isinstance(got, tuple) else got
     agree = float((e0 - g0).abs().max())
     ref = reference_check(model) if a.task == "faces" else None
-    if a.serve:
+    def runs(n):
+        """The times of n runs, in ms."""
+        out = []
         with torch.no_grad():
-            for i in range(3):
+            for i in range(n):
+                t0 = time.perf_counter()
                 fast(x)
-            for line in sys.stdin:
-                n = int(line)
-                if not 1 <= n <= 100000:
-                    sys.exit("torch_infer.py --serve: a line of stdin is not a count 1..100000")
-                ms = []
-                for i in range(n):
-                    t0 = time.perf_counter()
-                    fast(x)
-                    ms.append(round((time.perf_counter() - t0) * 1e3, 3))
-                print(json.dumps({"ms": ms}), flush=True)
+                out.append((time.perf_counter() - t0) * 1e3)
+        return out
+
+    runs(3)  # warm-up
+    if a.serve:
+        for line in sys.stdin:
+            n = int(line)
+            if not 1 <= n <= 100000:
+                sys.exit("torch_infer.py --serve: a line of stdin is not a count 1..100000")
+            print(json.dumps({"ms": [round(v, 3) for v in runs(n)]}), flush=True)
         return 0
-    ms = []
-    with torch.no_grad():
-        for i in range(a.iters + 3):
-            t0 = time.perf_counter()
-            fast(x)
-            if i >= 3:
-                ms.append((time.perf_counter() - t0) * 1e3)
-    ms.sort()
+    ms = sorted(runs(a.iters))
     out = {"peer": "pytorch " + torch.__version__, "task": a.task, "size": size,
            "threads": a.threads, "batch": 1, "iters": a.iters,
            "input": "photo" if a.image else "pattern",
