@@ -154,8 +154,13 @@ conv_direct_nv(const float *x, int h, int w, int cin, const float *wt, int k, in
             for (int v = 0; v < nv; v++)
                 a0[v] = a1[v] = _mm256_setzero_ps();
             const float *p0 = xi + ((size_t)iy0 * w + ix0) * cin, *p1 = p0 + (size_t)s * cin;
+            /* unrolled by conv0's 3 (taps and channels): a classification pass at 224 took
+             * 0.991-0.995 of the time (two nets alternating, 300 passes) */
+#pragma GCC unroll 3
             for (int ky = 0; ky < k; ky++)
+#pragma GCC unroll 3
                 for (int kx = 0; kx < k; kx++)
+#pragma GCC unroll 3
                     for (int ci = 0; ci < cin; ci++) {
                         const size_t o = ((size_t)ky * w + kx) * cin + ci;
                         const __m256 b0 = _mm256_broadcast_ss(p0 + o),
