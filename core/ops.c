@@ -702,15 +702,13 @@ AVX2 static void pw_packed_avx2(const float *x, int hw, int w, int cin, const fl
     for (int m0 = r0; m0 < r1; m0 += PW_MC) {
         const int m1 = m0 + PW_MC < r1 ? m0 + PW_MC : r1, panels = (m1 - m0 + PW_MR - 1) / PW_MR;
         /* each row's sample, counted up from the block's first row (a division per row cost
-         * 1-2% of a faces pass); rows past the end (a short last panel) repeat the first */
+         * 1-2% of a faces pass) */
         int smp = m0 / hw, end = (smp + 1) * hw;
         for (int i = 0; i < m1 - m0; i++) {
             if (m0 + i == end)
                 smp++, end += hw;
             rs[i] = scale[smp], rb[i] = bias[smp];
         }
-        for (int i = m1 - m0; i < panels * PW_MR; i++)
-            rs[i] = rs[0], rb[i] = rb[0];
         if (ord.bands) {
             pw_order_at(&ord, m0);
             for (int i = 0; i < m1 - m0; i++, pw_order_next(&ord))
@@ -723,7 +721,7 @@ AVX2 static void pw_packed_avx2(const float *x, int hw, int w, int cin, const fl
             const int kc = cin - k0 < kb ? cin - k0 : kb;
             for (int p = 0; p < panels; p++) {
                 const int r = m0 + PW_MR * p, nr = m1 - r < PW_MR ? m1 - r : PW_MR;
-                cnt[p] = pw_pack_panel(x, cin, ri + (r - m0), nr, k0, kc,
+                cnt[p] = pw_pack_panel(x, cin, ri + PW_MR * p, nr, k0, kc,
                                        ap + (size_t)p * PW_MR * kb, idx + (size_t)p * kb);
             }
             const int first = k0 == 0, last = k0 + kc >= cin;
@@ -731,7 +729,7 @@ AVX2 static void pw_packed_avx2(const float *x, int hw, int w, int cin, const fl
                 const float *b = wp + (size_t)n0 * cin; /* strip n0 / 16 */
                 for (int p = 0; p < panels; p++) {
                     const int r = m0 + PW_MR * p, nr = m1 - r < PW_MR ? m1 - r : PW_MR;
-                    const struct pw_rows pr = {y, cout, ri + (r - m0), rs + PW_MR * p,
+                    const struct pw_rows pr = {y, cout, ri + PW_MR * p, rs + PW_MR * p,
                                                rb + PW_MR * p};
                     const float *a = ap + (size_t)p * PW_MR * kb;
                     pw_packed_tile(nr, cnt[p], a, idx + (size_t)p * kb, b, &pr, n0, first, last,
